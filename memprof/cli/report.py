@@ -1,0 +1,23 @@
+"""`memprof report`: regenerate everything under reports/."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="regenerate every report under reports/ (default: all)")
+    p.add_argument("names", nargs="*", help="reports to regenerate (default: all of them)")
+    p.add_argument("--out", default="reports", help="output directory (default: reports)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..reporting import REPORTS, generate_reports
+
+    if not REPORTS:
+        print("no reports are registered yet")
+        return 0
+    for path in generate_reports(args.out, args.names or None):
+        print(f"wrote {path}")
+    return 0

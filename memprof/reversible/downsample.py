@@ -1,0 +1,120 @@
+"""Invertible replacements for pooling and channel widening (i-RevNet, Glow)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._state import RngTape
+from .base import InvertibleModule, ParamGrads
+
+__all__ = ["InvertibleDownsample", "ChannelZeroPad", "Invertible1x1Conv"]
+
+
+class InvertibleDownsample(InvertibleModule):
+    """Lossless space-to-depth: (B, C, H, W) -> (B, C*f*f, H/f, W/f), as in i-RevNet.
+
+    Every input element lands in exactly one output element, so nothing is lost and the inverse
+    (depth-to-space) is exact. Being a permutation, its gradient is the inverse permutation of
+    the output gradient: the reversible backward recomputes nothing here.
+
+    Args:
+        factor: the spatial reduction f (2 halves height and width and quadruples channels).
+
+    Raises:
+        ValueError: for a factor below 2, or (at call time) an input that is not 4-D or whose
+            height or width is not divisible by the factor.
+    """
+
+    def __init__(self, factor: int = 2) -> None:
+        super().__init__()
+        if not isinstance(factor, int) or factor < 2:
+            raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+        self.factor = factor
+
+    def _check(self, x: torch.Tensor) -> None:
+        f = self.factor
+        if x.dim() != 4 or x.shape[-1] % f or x.shape[-2] % f:
+            raise ValueError(
+                f"InvertibleDownsample(factor={f}) needs a (B, C, H, W) input with H and W "
+                f"divisible by {f}; got shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return F.pixel_unshuffle(x, self.factor)  # (B, C*f*f, H/f, W/f)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(y, self.factor)  # (B, C, H, W)
+
+    def reverse(self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
+        return self.inverse(y), self.inverse(grad_y), []
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+class ChannelZeroPad(InvertibleModule):
+    """Widen channels by appending zero channels (i-RevNet's injective padding).
+
+    (B, C, ...) -> (B, C + pad, ...). The inverse drops the appended channels; it is exact on
+    everything the forward produces. Couplings that follow may write into the new channels,
+    which is how a reversible network grows its width without losing information.
+
+    Args:
+        pad: the number of zero channels appended (>= 1).
+    """
+
+    def __init__(self, pad: int) -> None:
+        super().__init__()
+        if not isinstance(pad, int) or pad < 1:
+            raise ValueError(f"pad must be a positive integer, got {pad!r}")
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"ChannelZeroPad needs a (B, C, ...) input; got shape {tuple(x.shape)}")
+        zeros = x.new_zeros((x.shape[0], self.pad, *x.shape[2:]))
+        return torch.cat([x, zeros], dim=1)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y[:, : y.shape[1] - self.pad]
+
+    def reverse(self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
+        # The adjoint of appending zeros is dropping those channels of the gradient.
+        return self.inverse(y), self.inverse(grad_y), []
+
+    def extra_repr(self) -> str:
+        return f"pad={self.pad}"
+
+
+class Invertible1x1Conv(InvertibleModule):
+    """Glow's invertible 1x1 convolution: mixes channels with a learned invertible matrix.
+
+    Initialised to a random orthogonal matrix (well conditioned); the inverse solves with the
+    matrix's inverse. It keeps the channel count (use :class:`ChannelZeroPad` to widen).
+
+    Args:
+        channels: the number of channels C; the weight is C x C.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        q, _ = torch.linalg.qr(torch.randn(channels, channels))
+        self.weight = nn.Parameter(q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.weight.shape[0]
+        if x.dim() != 4 or x.shape[1] != c:
+            raise ValueError(f"Invertible1x1Conv({c}) needs a (B, {c}, H, W) input; got shape {tuple(x.shape)}")
+        return F.conv2d(x, self.weight[:, :, None, None])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        w_inv = torch.linalg.inv(self.weight.double()).to(self.weight.dtype)
+        return F.conv2d(y, w_inv[:, :, None, None])
+
+    def extra_repr(self) -> str:
+        return f"channels={self.weight.shape[0]}"

@@ -1,0 +1,106 @@
+"""Units, decided once: bytes internally, MiB/GiB (2**20, 2**30) on display, labelled as such."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+__all__ = ["KiB", "MiB", "GiB", "format_bytes", "parse_bytes", "to_mib", "dtype_size", "parse_dtype", "DTYPES"]
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+
+#: dtype names accepted on the command line and in the API.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kib": KiB, "mib": MiB, "gib": GiB, "tib": 1 << 40,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": KiB, "m": MiB, "g": GiB,
+}
+
+
+def to_mib(nbytes: float) -> float:
+    """Bytes to MiB (2**20)."""
+    return nbytes / MiB
+
+
+def format_bytes(nbytes: float, unit: str | None = None, precision: int = 2) -> str:
+    """Render a byte count with an explicit binary unit, e.g. ``'311.75 MiB'``.
+
+    Args:
+        nbytes: the number of bytes.
+        unit: force ``"B"``, ``"KiB"``, ``"MiB"`` or ``"GiB"``; by default the largest unit
+            that keeps the value at or above 1.
+        precision: decimals shown.
+
+    Returns:
+        The formatted string, always with its unit.
+
+    Raises:
+        ValueError: for an unknown unit.
+    """
+    scales = {"B": 1, "KiB": KiB, "MiB": MiB, "GiB": GiB}
+    if unit is None:
+        unit = "B"
+        for name in ("GiB", "MiB", "KiB"):
+            if abs(nbytes) >= scales[name]:
+                unit = name
+                break
+    if unit not in scales:
+        raise ValueError(f"unknown unit {unit!r}; allowed: {', '.join(scales)}")
+    if unit == "B":
+        return f"{int(nbytes)} B"
+    return f"{nbytes / scales[unit]:.{precision}f} {unit}"
+
+
+def parse_bytes(text: str | int) -> int:
+    """Parse a memory size such as ``16GiB``, ``16GB``, ``512 MiB`` or ``17179869184``.
+
+    ``GiB``/``MiB``/``KiB`` (and bare ``G``/``M``/``K``) are binary; ``GB``/``MB``/``KB`` decimal.
+
+    Raises:
+        ValueError: when the text is not a positive size, naming it and the accepted units.
+    """
+    if isinstance(text, int):
+        value, unit = float(text), ""
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+        if m is None or m.group(2).lower() not in _UNITS:
+            raise ValueError(
+                f"cannot parse memory size {text!r}; use a number with an optional unit "
+                "(B, KiB, MiB, GiB, TiB, KB, MB, GB, TB), e.g. 16GiB"
+            )
+        value, unit = float(m.group(1)), m.group(2).lower()
+    nbytes = int(value * _UNITS[unit])
+    if nbytes <= 0:
+        raise ValueError(f"memory size must be positive, got {text!r}")
+    return nbytes
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map a dtype name (``float32``, ``bfloat16``, ``float16``) to ``torch.dtype``.
+
+    Raises:
+        ValueError: for a name outside :data:`DTYPES`, listing the allowed ones.
+    """
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {name}; allowed: {', '.join(DTYPES)}")
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}") from None
+
+
+def dtype_size(dtype: torch.dtype) -> int:
+    """Bytes per element of ``dtype``."""
+    return torch.empty((), dtype=dtype, device="meta").element_size()
