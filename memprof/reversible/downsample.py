@@ -55,38 +55,64 @@ class InvertibleDownsample(InvertibleModule):
         return f"factor={self.factor}"
 
 
-class ChannelZeroPad(InvertibleModule):
-    """Widen channels by appending zero channels (i-RevNet's injective padding).
+# NOTE [ Zero channels and BatchNorm under reconstruction ]
+# Zero padding is exact in the forward, but backward sees the padded channels rebuilt from the
+# outputs of later blocks: zero plus rounding noise. If a coupling's F (or G) reads a half made
+# only of padded channels and starts with a BatchNorm, the plain network normalises an all-zero
+# input (batch variance 0, output 0) while the reversible one normalises the noise to unit
+# variance: the gradients disagree completely. With ``halves=True`` the zeros are split between
+# the two halves of the following coupling, so F and G always read real channels and the
+# rebuilt zeros only add rounding-size noise to a well-conditioned input. Models should use it
+# (or put an invertible channel mixer after the padding).
 
-    (B, C, ...) -> (B, C + pad, ...). The inverse drops the appended channels; it is exact on
+
+class ChannelZeroPad(InvertibleModule):
+    """Widen channels by adding zero channels (i-RevNet's injective padding).
+
+    (B, C, ...) -> (B, C + pad, ...). The inverse drops the added channels; it is exact on
     everything the forward produces. Couplings that follow may write into the new channels,
     which is how a reversible network grows its width without losing information.
 
     Args:
-        pad: the number of zero channels appended (>= 1).
+        pad: the number of zero channels added (>= 1).
+        halves: add ``pad // 2`` zero channels after each half of the input instead of ``pad``
+            after all of it, so that both halves of a following coupling carry real channels
+            (see NOTE [ Zero channels and BatchNorm under reconstruction ]). Needs an even
+            ``pad`` and an even channel count.
     """
 
-    def __init__(self, pad: int) -> None:
+    def __init__(self, pad: int, halves: bool = False) -> None:
         super().__init__()
         if not isinstance(pad, int) or pad < 1:
             raise ValueError(f"pad must be a positive integer, got {pad!r}")
+        if halves and pad % 2:
+            raise ValueError(f"pad must be even with halves=True, got {pad}")
         self.pad = pad
+        self.halves = halves
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2:
-            raise ValueError(f"ChannelZeroPad needs a (B, C, ...) input; got shape {tuple(x.shape)}")
-        zeros = x.new_zeros((x.shape[0], self.pad, *x.shape[2:]))
-        return torch.cat([x, zeros], dim=1)
+        if x.dim() < 2 or (self.halves and x.shape[1] % 2):
+            need = "an even channel count" if self.halves else "a (B, C, ...) input"
+            raise ValueError(f"ChannelZeroPad(halves={self.halves}) needs {need}; got shape {tuple(x.shape)}")
+        if not self.halves:
+            return torch.cat([x, x.new_zeros((x.shape[0], self.pad, *x.shape[2:]))], dim=1)
+        x1, x2 = torch.chunk(x, 2, dim=1)
+        zeros = x.new_zeros((x.shape[0], self.pad // 2, *x.shape[2:]))
+        return torch.cat([x1, zeros, x2, zeros], dim=1)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return y[:, : y.shape[1] - self.pad]
+        if not self.halves:
+            return y[:, : y.shape[1] - self.pad]
+        y1, y2 = torch.chunk(y, 2, dim=1)
+        keep = y1.shape[1] - self.pad // 2
+        return torch.cat([y1[:, :keep], y2[:, :keep]], dim=1)
 
     def reverse(self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
-        # The adjoint of appending zeros is dropping those channels of the gradient.
+        # The adjoint of adding zero channels is dropping those channels of the gradient.
         return self.inverse(y), self.inverse(grad_y), []
 
     def extra_repr(self) -> str:
-        return f"pad={self.pad}"
+        return f"pad={self.pad}, halves={self.halves}"
 
 
 class Invertible1x1Conv(InvertibleModule):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -33,16 +34,46 @@ __all__ = ["ReversibleSequence"]
 # The parameter gradients are summed over blocks (a parameter shared by several blocks gets the
 # sum) and handed to autograd at the end.
 #
+# A ReversibleSequence may itself be a block of another one (to group stages readably). The
+# outer sequence then drives the inner blocks' reverse steps directly, with one tape per inner
+# block, so nesting costs no extra recomputation and only the outermost output is saved.
+#
 # The sequence's input is not saved: it is rebuilt, up to floating-point rounding that grows
 # slowly with depth (benchmarks/reconstruction_error.py measures it). Parameters changed
 # in place between forward and backward would make the rebuilt activations wrong, so their
 # version counters are checked and a change is an error, not silent garbage. A second backward
-# without retain_graph fails with autograd's own error about freed saved tensors; with
-# retain_graph=True it recomputes and gives the same gradients again.
+# without retain_graph fails with a clear error about the freed output; with retain_graph=True
+# it recomputes and gives the same gradients again.
 
 
-def _describe(block: nn.Module) -> str:
-    return type(block).__name__
+def _parameter_slots(seq: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    """Where each parameter used by this forward lives: (module, attribute name, tensor)."""
+    return [
+        (m, name, p)
+        for m in seq.modules()
+        for name, p in m._parameters.items()
+        if p is not None
+    ]
+
+
+@contextlib.contextmanager
+def _rebound_parameters(slots: list[tuple[nn.Module, str, torch.Tensor]]) -> Iterator[None]:
+    """Put back the parameter tensors the forward used, if something swapped them since.
+
+    torch.func.functional_call (and other reparametrisations) swap a module's parameters only
+    for the duration of the forward; the recomputation in backward must use the same tensors.
+    """
+    swapped = []
+    for m, name, p in slots:
+        current = m._parameters.get(name)
+        if current is not p:
+            swapped.append((m, name, current))
+            m._parameters[name] = p  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for m, name, current in reversed(swapped):
+            m._parameters[name] = current
 
 
 class _ReversibleFunction(torch.autograd.Function):
@@ -54,14 +85,12 @@ class _ReversibleFunction(torch.autograd.Function):
         ctx.autocast = capture_autocast()
         ctx.params = params
         ctx.versions = [p._version for p in params]
-        tapes: list[RngTape] = []
-        for i, block in enumerate(seq.blocks):
-            tape = RngTape(x, enabled=seq.preserve_rng_state)
-            x = seq._call_block(i, block, x, tape)
-            tapes.append(tape)
-        ctx.tapes = tapes
-        ctx.save_for_backward(x)
-        return x
+        ctx.slots = _parameter_slots(seq)
+        tape = RngTape(x, enabled=seq.preserve_rng_state)
+        y = seq._forward_blocks(x, tape)
+        ctx.tape = tape
+        ctx.save_for_backward(y)
+        return y
 
     @staticmethod
     @once_differentiable
@@ -74,30 +103,23 @@ class _ReversibleFunction(torch.autograd.Function):
                 "after its saved output had been freed. Call backward(retain_graph=True) the "
                 "first time to back-propagate twice."
             ) from exc
-        seq: ReversibleSequence = ctx.seq
         if any(p._version != v for p, v in zip(ctx.params, ctx.versions)):
             raise RuntimeError(
                 "ReversibleSequence: parameters were modified in place between forward and "
                 "backward (e.g. optimizer.step() before backward); the rebuilt activations would "
                 "be wrong. Run backward before changing the parameters."
             )
+        with replay_autocast(ctx.autocast), _rebound_parameters(ctx.slots):
+            _, grad_x, pairs = ctx.seq._reverse_blocks(y, grad_y, ctx.tape)
         grads: dict[int, torch.Tensor] = {}
-        with replay_autocast(ctx.autocast):
-            for i in range(len(seq.blocks) - 1, -1, -1):
-                block = seq.blocks[i]
-                with frozen_batchnorm_stats(block):
-                    y, grad_y, pairs = seq._reverse_block(block, y, grad_y, ctx.tapes[i])
-                for p, g in pairs:
-                    if g is None:
-                        continue
-                    key = id(p)
-                    grads[key] = g if key not in grads else grads[key] + g
+        for p, g in pairs:
+            if g is not None:
+                grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
         param_grads = [grads.get(id(p)) for p in ctx.params]
-        grad_x = grad_y if ctx.needs_input_grad[0] else None
-        return (grad_x, None, *param_grads)
+        return (grad_x if ctx.needs_input_grad[0] else None, None, *param_grads)
 
 
-class ReversibleSequence(nn.Module):
+class ReversibleSequence(InvertibleModule):
     """A sequence of invertible blocks that can back-propagate without stored activations.
 
     With ``reversible=True`` (and grad enabled) the forward keeps no per-block activations;
@@ -105,7 +127,8 @@ class ReversibleSequence(nn.Module):
     (Gomez et al. 2017, Algorithm 1), so the memory autograd holds does not grow with depth.
     With ``reversible=False`` the same modules run under ordinary autograd: the baseline to
     compare against. The flag can be toggled at any time; the state dict is the same in both
-    modes. Under ``torch.no_grad()`` both modes run a plain forward at no extra cost.
+    modes. Under ``torch.no_grad()`` both modes run a plain forward at no extra cost. A
+    ReversibleSequence is itself invertible and may be nested in another one.
 
     Args:
         blocks: invertible modules, each with ``forward`` and ``inverse`` (for instance
@@ -117,6 +140,8 @@ class ReversibleSequence(nn.Module):
     Raises:
         TypeError: if a block is not an ``nn.Module`` with an ``inverse`` method, naming its index.
     """
+
+    records_rng = True
 
     def __init__(
         self, blocks: Iterable[nn.Module], reversible: bool = True, preserve_rng_state: bool = True
@@ -133,6 +158,7 @@ class ReversibleSequence(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.reversible = reversible
         self.preserve_rng_state = preserve_rng_state
+        self._memprof_tape: RngTape = NULL_TAPE
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -140,11 +166,8 @@ class ReversibleSequence(nn.Module):
     def __getitem__(self, index: int) -> nn.Module:
         return self.blocks[index]
 
-    def _grad_params(self) -> list[nn.Parameter]:
-        return grad_params(self)
-
-    def _call_block(self, i: int, block: nn.Module, x: torch.Tensor, tape: RngTape = NULL_TAPE) -> torch.Tensor:
-        """Run block i, recording RNG use on ``tape``; shape errors name the block index."""
+    def _call_block(self, i: int, block: nn.Module, x: torch.Tensor, tape: RngTape) -> torch.Tensor:
+        """Run block i, recording its RNG use on ``tape``; shape errors name the block index."""
         try:
             if getattr(block, "records_rng", False):
                 block._memprof_tape = tape  # type: ignore[assignment]
@@ -156,31 +179,51 @@ class ReversibleSequence(nn.Module):
                 return block(x)
         except ValueError as exc:
             raise ValueError(
-                f"block {i} ({_describe(block)}) of the ReversibleSequence rejected its input of "
-                f"shape {tuple(x.shape)}: {exc}"
+                f"block {i} ({type(block).__name__}) of the ReversibleSequence rejected its input "
+                f"of shape {tuple(x.shape)}: {exc}"
             ) from exc
 
-    @staticmethod
-    def _reverse_block(
-        block: nn.Module, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape
+    def _forward_blocks(self, x: torch.Tensor, tape: RngTape) -> torch.Tensor:
+        """Run every block, each with a child of ``tape`` (or none when not recording)."""
+        for i, block in enumerate(self.blocks):
+            x = self._call_block(i, block, x, tape.child(x) if tape is not NULL_TAPE else NULL_TAPE)
+        return x
+
+    def _reverse_blocks(
+        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape
     ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
-        if isinstance(block, InvertibleModule):
-            return block.reverse(y, grad_y, tape)
-        return reverse_by_recompute(block, y, grad_y, tape)
+        """Rebuild the input and its gradient from the output, last block first."""
+        pairs: list[tuple[nn.Parameter, torch.Tensor | None]] = []
+        for i in range(len(self.blocks) - 1, -1, -1):
+            block, child = self.blocks[i], tape.children[i]
+            with frozen_batchnorm_stats(block):
+                if isinstance(block, InvertibleModule):
+                    y, grad_y, block_pairs = block.reverse(y, grad_y, child)  # type: ignore[assignment]
+                else:
+                    y, grad_y, block_pairs = reverse_by_recompute(block, y, grad_y, child)  # type: ignore[assignment]
+            pairs.extend(block_pairs)
+        return y, grad_y, pairs
+
+    def reverse(
+        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape
+    ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
+        """Reverse step when nested in another ReversibleSequence."""
+        return self._reverse_blocks(y, grad_y, tape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"ReversibleSequence takes one tensor, got {type(x).__name__}")
-        params = self._grad_params()
+        if self._memprof_tape is not NULL_TAPE:
+            # Nested in a recording (reversible) outer sequence: the outer one drives backward.
+            return self._forward_blocks(x, self._memprof_tape)
+        params = grad_params(self)
         if (
             not self.reversible
             or not torch.is_grad_enabled()
             or not (x.requires_grad or params)
             or len(self.blocks) == 0
         ):
-            for i, block in enumerate(self.blocks):
-                x = self._call_block(i, block, x)
-            return x
+            return self._forward_blocks(x, NULL_TAPE)
         return _ReversibleFunction.apply(x, self, *params)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,29 @@
+"""Small shared test utilities (importable as ``tests.helpers``)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a - b| / max|b| (0 when both are all zero)."""
+    scale = b.detach().abs().max().item()
+    diff = (a.detach() - b.detach()).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def saved_bytes(fn, params=()) -> int:
+    """Bytes autograd saves while running ``fn()``: storages deduplicated, parameters excluded."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in param_ptrs:
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(storages.values())
