@@ -29,20 +29,12 @@ def _is_fake(t: torch.Tensor) -> bool:
 class RngTape:
     """RNG states of the regions of one block that consumed randomness, keyed by region name."""
 
-    __slots__ = ("_cuda_device", "_enabled", "children", "states")
+    __slots__ = ("_cuda_device", "_enabled", "states")
 
     def __init__(self, like: torch.Tensor | None = None, enabled: bool = True) -> None:
         self._enabled = enabled and like is not None and not _is_fake(like)
         self._cuda_device = like.device if (like is not None and like.is_cuda) else None
         self.states: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        #: tapes of the blocks of a nested ReversibleSequence, in order.
-        self.children: list[RngTape] = []
-
-    def child(self, like: torch.Tensor) -> RngTape:
-        """A new tape for a nested block, appended to :attr:`children`."""
-        tape = RngTape(like, enabled=self._enabled)
-        self.children.append(tape)
-        return tape
 
     def _get(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         cuda = torch.cuda.get_rng_state(self._cuda_device) if self._cuda_device is not None else None
@@ -83,9 +75,8 @@ class RngTape:
             self._set(current)
 
     def nbytes(self) -> int:
-        """Bytes held by the recorded states, nested tapes included."""
-        own = sum(s.nbytes for pair in self.states.values() for s in pair if s is not None)
-        return own + sum(c.nbytes() for c in self.children)
+        """Bytes held by the recorded states."""
+        return sum(s.nbytes for pair in self.states.values() for s in pair if s is not None)
 
 
 NULL_TAPE = RngTape(None, enabled=False)

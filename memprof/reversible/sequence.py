@@ -11,32 +11,33 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ._state import NULL_TAPE, RngTape, capture_autocast, frozen_batchnorm_stats, replay_autocast
-from .base import InvertibleModule, ParamGrads, grad_params, is_invertible, reverse_by_recompute
+from .base import InvertibleModule, grad_params, is_invertible, reverse_by_recompute
 
 __all__ = ["ReversibleSequence"]
 
 # NOTE [ What a reversible sequence stores, and what is freed when ]
-# Forward (reversible=True, grad enabled): the blocks run one after another under no_grad, so
-# no block builds a graph and every intermediate output is freed as soon as the next block has
-# consumed it. The autograd Function saves exactly one tensor: the sequence's final output
-# (which the next layer usually holds anyway, so deduplicated it often costs nothing). Besides
-# it, ctx holds per block an RngTape that is empty unless the block drew random numbers
-# (NOTE [ RNG state for recomputation ]) and the autocast settings. The parameters are passed
-# to the Function as inputs, not saved: their gradients are returned from backward and
-# accumulated by autograd itself, so hooks, DistributedDataParallel and torch.autograd.grad see
-# them exactly as for an ordinary layer (no "marked ready twice", no find_unused_parameters).
+# Forward (reversible=True, grad enabled): every block runs inside its own autograd Function
+# node, under no_grad, so no block builds a graph and no block saves its input. Each node's
+# output is the next node's input and is freed as soon as the next block has consumed it. Only
+# the node of the last block saves anything: its output (which the next layer usually holds
+# anyway, so deduplicated it often costs nothing). Besides it, each node's ctx holds an RngTape
+# that is empty unless the block drew random numbers (NOTE [ RNG state for recomputation ]);
+# the chain holds the autocast settings once.
 #
-# Backward walks the blocks from last to first. For block i it holds y_i and dL/dy_i, rebuilds
-# x_i = y_{i-1} from y_i (an AdditiveCoupling evaluates G(y1) and F(x2) once, with grad, and
-# uses each both to invert and to differentiate), computes dL/dx_i and the block's parameter
-# gradients, then drops y_i, dL/dy_i and the block's temporary graph before moving on. At any
-# moment only one block's recomputation graph is alive, so memory does not grow with depth.
-# The parameter gradients are summed over blocks (a parameter shared by several blocks gets the
-# sum) and handed to autograd at the end.
+# Backward runs the nodes from last to first, as autograd orders them. Node i receives
+# dL/dy_i from autograd and y_i from the node after it (through the chain's one-slot stash),
+# rebuilds x_i from y_i (an AdditiveCoupling evaluates G(y1) and F(x2) once, with grad, and
+# uses each both to invert and to differentiate: the deck's Algorithm 1), puts x_i in the stash
+# for node i-1 and returns dL/dx_i and the block's parameter gradients. Returning the parameter
+# gradients per block (not one set for the whole sequence at the end) lets autograd accumulate
+# and free them block by block, as for ordinary layers: memory does not grow with depth, and
+# hooks, DistributedDataParallel and torch.autograd.grad see the parameters exactly as for any
+# layer (no "marked ready twice", no find_unused_parameters). At any moment one block's
+# recomputation graph, one rebuilt tensor and one gradient are alive.
 #
-# A ReversibleSequence may itself be a block of another one (to group stages readably). The
-# outer sequence then drives the inner blocks' reverse steps directly, with one tape per inner
-# block, so nesting costs no extra recomputation and only the outermost output is saved.
+# A ReversibleSequence nested in a reversible one is walked through (its forward and hooks still
+# run), so its blocks join the outer chain: nesting groups stages readably at no extra cost, and
+# only the outermost output is saved.
 #
 # The sequence's input is not saved: it is rebuilt, up to floating-point rounding that grows
 # slowly with depth (benchmarks/reconstruction_error.py measures it). Parameters changed
@@ -46,14 +47,23 @@ __all__ = ["ReversibleSequence"]
 # it recomputes and gives the same gradients again.
 
 
-def _parameter_slots(seq: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
+class _Chain:
+    """What the nodes of one reversible forward share."""
+
+    __slots__ = ("autocast", "last", "next_position", "preserve_rng_state", "stash")
+
+    def __init__(self, num_blocks: int, preserve_rng_state: bool) -> None:
+        self.autocast = capture_autocast()
+        self.last = num_blocks - 1
+        self.next_position = 0
+        self.preserve_rng_state = preserve_rng_state
+        #: position -> the rebuilt output of the block at that position, waiting for its node.
+        self.stash: dict[int, torch.Tensor] = {}
+
+
+def _parameter_slots(module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
     """Where each parameter used by this forward lives: (module, attribute name, tensor)."""
-    return [
-        (m, name, p)
-        for m in seq.modules()
-        for name, p in m._parameters.items()
-        if p is not None
-    ]
+    return [(m, name, p) for m in module.modules() for name, p in m._parameters.items() if p is not None]
 
 
 @contextlib.contextmanager
@@ -76,47 +86,73 @@ def _rebound_parameters(slots: list[tuple[nn.Module, str, torch.Tensor]]) -> Ite
             m._parameters[name] = current
 
 
-class _ReversibleFunction(torch.autograd.Function):
-    """Runs the blocks without a graph; backward rebuilds inputs block by block."""
+class _ReversibleBlockFunction(torch.autograd.Function):
+    """One block of a reversible chain: runs it without a graph; backward rebuilds its input."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, seq: ReversibleSequence, *params: torch.Tensor) -> torch.Tensor:
-        ctx.seq = seq
-        ctx.autocast = capture_autocast()
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        chain: _Chain,
+        seq: ReversibleSequence,
+        index: int,
+        position: int,
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
+        block = seq.blocks[index]
+        tape = RngTape(x, enabled=chain.preserve_rng_state)
+        y = seq._call_block(index, block, x, tape)
+        ctx.chain, ctx.block, ctx.position, ctx.tape = chain, block, position, tape
         ctx.params = params
         ctx.versions = [p._version for p in params]
-        ctx.slots = _parameter_slots(seq)
-        tape = RngTape(x, enabled=seq.preserve_rng_state)
-        y = seq._forward_blocks(x, tape)
-        ctx.tape = tape
-        ctx.save_for_backward(y)
+        ctx.slots = _parameter_slots(block)
+        ctx.is_last = position == chain.last
+        if ctx.is_last:
+            ctx.save_for_backward(y)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        try:
-            (y,) = ctx.saved_tensors
-        except RuntimeError as exc:
-            raise RuntimeError(
-                "ReversibleSequence: backward was called a second time through the same forward, "
-                "after its saved output had been freed. Call backward(retain_graph=True) the "
-                "first time to back-propagate twice."
-            ) from exc
+        chain: _Chain = ctx.chain
+        if ctx.is_last:
+            try:
+                (y,) = ctx.saved_tensors
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    "ReversibleSequence: backward was called a second time through the same "
+                    "forward, after its saved output had been freed. Call "
+                    "backward(retain_graph=True) the first time to back-propagate twice."
+                ) from exc
+        else:
+            y = chain.stash.pop(ctx.position, None)
+            if y is None:
+                raise RuntimeError(
+                    f"ReversibleSequence: block at position {ctx.position} received a gradient but "
+                    "its output was not rebuilt by the block after it; the output of an inner "
+                    "block of a reversible sequence cannot be used outside the sequence"
+                )
         if any(p._version != v for p, v in zip(ctx.params, ctx.versions)):
             raise RuntimeError(
                 "ReversibleSequence: parameters were modified in place between forward and "
                 "backward (e.g. optimizer.step() before backward); the rebuilt activations would "
                 "be wrong. Run backward before changing the parameters."
             )
-        with replay_autocast(ctx.autocast), _rebound_parameters(ctx.slots):
-            _, grad_x, pairs = ctx.seq._reverse_blocks(y, grad_y, ctx.tape)
+        block = ctx.block
+        with replay_autocast(chain.autocast), _rebound_parameters(ctx.slots), frozen_batchnorm_stats(block):
+            if isinstance(block, InvertibleModule):
+                x, grad_x, pairs = block.reverse(y, grad_y, ctx.tape)
+            else:
+                x, grad_x, pairs = reverse_by_recompute(block, y, grad_y, ctx.tape)
+        del y
+        if ctx.needs_input_grad[0]:
+            chain.stash[ctx.position - 1] = x.detach()
         grads: dict[int, torch.Tensor] = {}
         for p, g in pairs:
             if g is not None:
                 grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
         param_grads = [grads.get(id(p)) for p in ctx.params]
-        return (grad_x if ctx.needs_input_grad[0] else None, None, *param_grads)
+        return (grad_x if ctx.needs_input_grad[0] else None, None, None, None, None, *param_grads)
 
 
 class ReversibleSequence(InvertibleModule):
@@ -128,7 +164,8 @@ class ReversibleSequence(InvertibleModule):
     With ``reversible=False`` the same modules run under ordinary autograd: the baseline to
     compare against. The flag can be toggled at any time; the state dict is the same in both
     modes. Under ``torch.no_grad()`` both modes run a plain forward at no extra cost. A
-    ReversibleSequence is itself invertible and may be nested in another one.
+    ReversibleSequence is itself invertible and may be nested in another one; the outermost
+    one's ``reversible`` flag then governs the nested blocks.
 
     Args:
         blocks: invertible modules, each with ``forward`` and ``inverse`` (for instance
@@ -140,8 +177,6 @@ class ReversibleSequence(InvertibleModule):
     Raises:
         TypeError: if a block is not an ``nn.Module`` with an ``inverse`` method, naming its index.
     """
-
-    records_rng = True
 
     def __init__(
         self, blocks: Iterable[nn.Module], reversible: bool = True, preserve_rng_state: bool = True
@@ -158,7 +193,7 @@ class ReversibleSequence(InvertibleModule):
         self.blocks = nn.ModuleList(blocks)
         self.reversible = reversible
         self.preserve_rng_state = preserve_rng_state
-        self._memprof_tape: RngTape = NULL_TAPE
+        self._memprof_chain: _Chain | None = None
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -166,7 +201,11 @@ class ReversibleSequence(InvertibleModule):
     def __getitem__(self, index: int) -> nn.Module:
         return self.blocks[index]
 
-    def _call_block(self, i: int, block: nn.Module, x: torch.Tensor, tape: RngTape) -> torch.Tensor:
+    def _num_leaves(self) -> int:
+        """Blocks in the chain this sequence starts, nested sequences walked through."""
+        return sum(b._num_leaves() if isinstance(b, ReversibleSequence) else 1 for b in self.blocks)
+
+    def _call_block(self, i: int, block: nn.Module, x: torch.Tensor, tape: RngTape = NULL_TAPE) -> torch.Tensor:
         """Run block i, recording its RNG use on ``tape``; shape errors name the block index."""
         try:
             if getattr(block, "records_rng", False):
@@ -183,48 +222,36 @@ class ReversibleSequence(InvertibleModule):
                 f"of shape {tuple(x.shape)}: {exc}"
             ) from exc
 
-    def _forward_blocks(self, x: torch.Tensor, tape: RngTape) -> torch.Tensor:
-        """Run every block, each with a child of ``tape`` (or none when not recording)."""
+    def _forward_chain(self, x: torch.Tensor, chain: _Chain) -> torch.Tensor:
+        """Run every block as a node of ``chain``; nested sequences are walked through."""
         for i, block in enumerate(self.blocks):
-            x = self._call_block(i, block, x, tape.child(x) if tape is not NULL_TAPE else NULL_TAPE)
+            if isinstance(block, ReversibleSequence):
+                block._memprof_chain = chain
+                try:
+                    x = block(x)
+                finally:
+                    block._memprof_chain = None
+                continue
+            position = chain.next_position
+            chain.next_position += 1
+            x = _ReversibleBlockFunction.apply(x, chain, self, i, position, *grad_params(block))
         return x
-
-    def _reverse_blocks(
-        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape
-    ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
-        """Rebuild the input and its gradient from the output, last block first."""
-        pairs: list[tuple[nn.Parameter, torch.Tensor | None]] = []
-        for i in range(len(self.blocks) - 1, -1, -1):
-            block, child = self.blocks[i], tape.children[i]
-            with frozen_batchnorm_stats(block):
-                if isinstance(block, InvertibleModule):
-                    y, grad_y, block_pairs = block.reverse(y, grad_y, child)  # type: ignore[assignment]
-                else:
-                    y, grad_y, block_pairs = reverse_by_recompute(block, y, grad_y, child)  # type: ignore[assignment]
-            pairs.extend(block_pairs)
-        return y, grad_y, pairs
-
-    def reverse(
-        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape
-    ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
-        """Reverse step when nested in another ReversibleSequence."""
-        return self._reverse_blocks(y, grad_y, tape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"ReversibleSequence takes one tensor, got {type(x).__name__}")
-        if self._memprof_tape is not NULL_TAPE:
-            # Nested in a recording (reversible) outer sequence: the outer one drives backward.
-            return self._forward_blocks(x, self._memprof_tape)
-        params = grad_params(self)
+        if self._memprof_chain is not None:  # nested in a reversible sequence's forward
+            return self._forward_chain(x, self._memprof_chain)
         if (
             not self.reversible
             or not torch.is_grad_enabled()
-            or not (x.requires_grad or params)
+            or not (x.requires_grad or grad_params(self))
             or len(self.blocks) == 0
         ):
-            return self._forward_blocks(x, NULL_TAPE)
-        return _ReversibleFunction.apply(x, self, *params)
+            for i, block in enumerate(self.blocks):
+                x = self._call_block(i, block, x)
+            return x
+        return self._forward_chain(x, _Chain(self._num_leaves(), self.preserve_rng_state))
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Run the blocks' inverses from last to first."""
