@@ -26,7 +26,7 @@ def grad_params(module: nn.Module) -> list[nn.Parameter]:
 
 
 def reverse_by_recompute(
-    block: nn.Module, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape
+    block: nn.Module, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape, *, y_owned: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
     """Rebuild a block's input from its output, then back-propagate through one recomputed forward.
 
@@ -62,7 +62,10 @@ class InvertibleModule(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement inverse()")
 
     def reverse(
-        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape
+        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape, *, y_owned: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
-        """One step of reversible backward: ``(x, grad_x, param_grads)`` from ``(y, grad_y)``."""
+        """One step of reversible backward: ``(x, grad_x, param_grads)`` from ``(y, grad_y)``.
+
+        ``y_owned`` says that nothing else holds ``y``, so an override may rebuild x in y's memory.
+        """
         return reverse_by_recompute(self, y, grad_y, tape)

@@ -48,7 +48,9 @@ class InvertibleDownsample(InvertibleModule):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(y, self.factor)  # (B, C, H, W)
 
-    def reverse(self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
+    def reverse(
+        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape, *, y_owned: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
         return self.inverse(y), self.inverse(grad_y), []
 
     def extra_repr(self) -> str:
@@ -107,7 +109,9 @@ class ChannelZeroPad(InvertibleModule):
         keep = y1.shape[1] - self.pad // 2
         return torch.cat([y1[:, :keep], y2[:, :keep]], dim=1)
 
-    def reverse(self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
+    def reverse(
+        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape, *, y_owned: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
         # The adjoint of adding zero channels is dropping those channels of the gradient.
         return self.inverse(y), self.inverse(grad_y), []
 

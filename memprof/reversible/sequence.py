@@ -57,8 +57,8 @@ class _Chain:
         self.last = num_blocks - 1
         self.next_position = 0
         self.preserve_rng_state = preserve_rng_state
-        #: position -> the rebuilt output of the block at that position, waiting for its node.
-        self.stash: dict[int, torch.Tensor] = {}
+        #: position -> (the rebuilt output of the block there, whether nothing else holds it).
+        self.stash: dict[int, tuple[torch.Tensor, bool]] = {}
 
 
 def _parameter_slots(module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
@@ -116,6 +116,7 @@ class _ReversibleBlockFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         chain: _Chain = ctx.chain
         if ctx.is_last:
+            owned = False  # the saved output is also the sequence's output: never overwrite it
             try:
                 (y,) = ctx.saved_tensors
             except RuntimeError as exc:
@@ -125,7 +126,7 @@ class _ReversibleBlockFunction(torch.autograd.Function):
                     "backward(retain_graph=True) the first time to back-propagate twice."
                 ) from exc
         else:
-            y = chain.stash.pop(ctx.position, None)
+            y, owned = chain.stash.pop(ctx.position, (None, False))
             if y is None:
                 raise RuntimeError(
                     f"ReversibleSequence: block at position {ctx.position} received a gradient but "
@@ -141,12 +142,15 @@ class _ReversibleBlockFunction(torch.autograd.Function):
         block = ctx.block
         with replay_autocast(chain.autocast), _rebound_parameters(ctx.slots), frozen_batchnorm_stats(block):
             if isinstance(block, InvertibleModule):
-                x, grad_x, pairs = block.reverse(y, grad_y, ctx.tape)
+                x, grad_x, pairs = block.reverse(y, grad_y, ctx.tape, y_owned=owned)
             else:
                 x, grad_x, pairs = reverse_by_recompute(block, y, grad_y, ctx.tape)
-        del y
         if ctx.needs_input_grad[0]:
-            chain.stash[ctx.position - 1] = x.detach()
+            # x may be a view of y (ChannelZeroPad's inverse is a slice): then it is ours to
+            # overwrite only if y was.
+            shares = x.untyped_storage()._cdata == y.untyped_storage()._cdata
+            chain.stash[ctx.position - 1] = (x.detach(), owned or not shares)
+        del y
         grads: dict[int, torch.Tensor] = {}
         for p, g in pairs:
             if g is not None:
