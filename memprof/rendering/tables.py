@@ -1,0 +1,202 @@
+"""Generic table rendering: a DataFrame, a title and notes -> text, Markdown, CSV or JSON.
+
+Nothing here knows about layers or hooks: every verb builds a DataFrame of raw values
+(bytes as integers, counts as integers) and renders it here. ``formatters`` turn raw values
+into display strings for text and Markdown only; CSV and JSON keep the raw values so that
+they can be summed and compared by machines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pandas is imported lazily: `import memprof` stays light
+    import pandas as pd
+
+__all__ = [
+    "RenderedResult",
+    "Format",
+    "FORMATS",
+    "format_count",
+    "render_table",
+    "render_csv",
+    "render_json",
+    "render_sections",
+]
+
+
+class Format(str, Enum):
+    """Output formats every table verb accepts."""
+
+    TEXT = "text"
+    MARKDOWN = "markdown"
+    CSV = "csv"
+    JSON = "json"
+
+
+#: The accepted ``--format`` values.
+FORMATS: tuple[str, ...] = tuple(f.value for f in Format)
+
+Formatter = Callable[[Any], str]
+
+
+def format_count(value: Any) -> str:
+    """An integer with thousands separators (``20,565,834``); blanks for None/NaN."""
+    if _blank(value):
+        return ""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.2f}"
+    return f"{int(value):,}"
+
+
+def _blank(value: Any) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return type(value).__name__ in ("NAType", "NaTType")  # pandas.NA in nullable columns
+
+
+def _display_frame(
+    df: pd.DataFrame, headers: Mapping[str, str] | None, formatters: Mapping[str, Formatter] | None
+) -> tuple[list[str], list[list[str]]]:
+    formatters = formatters or {}
+    headers = headers or {}
+    cols = list(df.columns)
+    rows = []
+    for record in df.itertuples(index=False, name=None):
+        row = []
+        for col, value in zip(cols, record):
+            if col in formatters:
+                row.append(formatters[col](value))
+            else:
+                row.append("" if _blank(value) else str(value))
+        rows.append(row)
+    return [headers.get(c, c) for c in cols], rows
+
+
+def _right_aligned(df: pd.DataFrame) -> list[bool]:
+    import pandas as pd
+
+    return [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+
+
+def render_table(
+    df: pd.DataFrame,
+    fmt: str | Format = Format.TEXT,
+    *,
+    title: str | None = None,
+    notes: Sequence[str] = (),
+    headers: Mapping[str, str] | None = None,
+    formatters: Mapping[str, Formatter] | None = None,
+) -> str:
+    """Render one table with its title and notes.
+
+    Args:
+        df: the rows, raw values (integers for bytes and counts).
+        fmt: ``text``, ``markdown``, ``csv`` or ``json``.
+        title: a heading (text: underlined line; Markdown: ``###``); ignored by CSV/JSON.
+        notes: lines printed under the table (text/Markdown only).
+        headers: display names of columns (text/Markdown only; CSV/JSON keep column names).
+        formatters: per-column display functions (text/Markdown only).
+
+    Returns:
+        The rendered string, ending with a newline.
+
+    Raises:
+        memprof.errors.UsageError: for an unknown format.
+    """
+    from ..errors import check_choice
+
+    fmt = Format(check_choice("format", str(getattr(fmt, "value", fmt)), FORMATS))
+    if fmt is Format.CSV:
+        return render_csv(df)
+    if fmt is Format.JSON:
+        return render_json({"title": title, "notes": list(notes), "rows": df.to_dict(orient="records")})
+    from tabulate import tabulate
+
+    head, rows = _display_frame(df, headers, formatters)
+    align = ["right" if r else "left" for r in _right_aligned(df)]
+    out: list[str] = []
+    if fmt is Format.MARKDOWN:
+        if title:
+            out += [f"### {title}", ""]
+        out.append(tabulate(rows, head, tablefmt="github", disable_numparse=True, colalign=align))
+        if notes:
+            out.append("")
+            out += [f"- {n}" for n in notes]
+    else:
+        if title:
+            out += [title, "=" * len(title)]
+        out.append(tabulate(rows, head, tablefmt="simple", disable_numparse=True, colalign=align))
+        if notes:
+            out.append("")
+            out += list(notes)
+    return "\n".join(out) + "\n"
+
+
+def render_sections(blocks: Sequence[str]) -> str:
+    """Join rendered blocks with one blank line between them."""
+    return "\n".join(b.rstrip("\n") + "\n" for b in blocks if b)
+
+
+def render_csv(df: pd.DataFrame, comment: str | None = None) -> str:
+    """CSV with a header row; an optional first line ``# comment`` (read with ``comment='#'``)."""
+    body = df.to_csv(index=False, lineterminator="\n")
+    return (f"# {comment}\n" if comment else "") + body
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def render_json(obj: Any) -> str:
+    """Indented, key-order-preserving JSON ending with a newline (numpy scalars unwrapped)."""
+    return json.dumps(_jsonable(obj), indent=2) + "\n"
+
+
+class RenderedResult:
+    """``to_text``, ``to_markdown``, ``render(fmt)`` and ``__str__`` of a result object, from its
+    ``_render(fmt)`` (text or markdown), ``to_csv()`` and ``to_json()``."""
+
+    def _render(self, fmt: str) -> str:  # pragma: no cover - implemented by the result
+        raise NotImplementedError
+
+    def to_csv(self) -> str:  # pragma: no cover - implemented by the result
+        raise NotImplementedError
+
+    def to_json(self) -> str:  # pragma: no cover - implemented by the result
+        raise NotImplementedError
+
+    def to_text(self) -> str:
+        """The table as plain text, with its notes."""
+        return self._render("text")
+
+    def to_markdown(self) -> str:
+        """The table as Markdown, with its notes."""
+        return self._render("markdown")
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def render(self, fmt: str = "text") -> str:
+        """Render in one of ``text``, ``markdown``, ``csv``, ``json``.
+
+        Raises:
+            memprof.errors.UsageError: for an unknown format.
+        """
+        from ..errors import check_choice
+
+        fmt = check_choice("format", fmt, ("text", "markdown", "csv", "json"))
+        return {"text": self.to_text, "markdown": self.to_markdown, "csv": self.to_csv,
+                "json": self.to_json}[fmt]()
