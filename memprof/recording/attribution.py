@@ -1,0 +1,557 @@
+"""Which tensor owns every live byte of a training step: storages tracked op by op.
+
+:class:`StorageTracker` is a ``TorchDispatchMode`` that sees the output of every ATen op of a
+step (forward, backward, the recomputation inside reversible backward, the optimizer), keeps a
+weak reference to each new untyped storage and notes when it dies, when it is resized, when
+autograd saves it for backward and when autograd lets it go. From that event stream it rebuilds,
+after the step, the live bytes of each category at every event:
+
+- ``parameters``: parameter and buffer storages of the model (present before the step);
+- ``gradients``: storages that end up as a parameter's ``.grad``, from their allocation on;
+- ``optimizer_state``: storages held in ``optimizer.state``;
+- ``inputs``: the input batch and the targets;
+- ``activations``: storages that autograd holds for backward (saved-tensor hooks), while it
+  holds them;
+- ``temporaries``: every other tensor-owned storage (op outputs in flight, incoming gradients,
+  the recomputed halves of a reversible block before they are saved, optimizer scratch).
+
+The same code runs under ``FakeTensorMode``: fake storages have sizes and die like real ones,
+so an estimate sees the very bytes a measured run sees (tests check byte equality on the CPU).
+Memory that no tensor owns (kernel workspaces, allocator slack) is invisible here; the
+allocator-level trackers in :mod:`memprof.recording.allocations` measure it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = [
+    "Category",
+    "STATE_CATEGORIES",
+    "ModuleInterval",
+    "StorageTracker",
+    "activation_bytes",
+    "storage_key",
+]
+
+
+class Category(str, Enum):
+    """Where a live byte belongs. ``unattributed`` is what the allocator saw and no tensor owns."""
+
+    PARAMETERS = "parameters"
+    GRADIENTS = "gradients"
+    OPTIMIZER_STATE = "optimizer_state"
+    ACTIVATIONS = "activations"
+    TEMPORARIES = "temporaries"
+    INPUTS = "inputs"
+    UNATTRIBUTED = "unattributed"
+
+
+#: Categories that persist across steps (model and optimizer state); everything else is what
+#: the "activation peak" counts.
+STATE_CATEGORIES: tuple[Category, ...] = (Category.PARAMETERS, Category.GRADIENTS, Category.OPTIMIZER_STATE)
+
+#: The categories a tracker attributes (all but ``unattributed``), in display order.
+TRACKED_CATEGORIES: tuple[Category, ...] = (
+    Category.PARAMETERS,
+    Category.GRADIENTS,
+    Category.OPTIMIZER_STATE,
+    Category.ACTIVATIONS,
+    Category.TEMPORARIES,
+    Category.INPUTS,
+)
+
+
+# NOTE [ The activation peak, defined once ]
+# "Activation peak" is the peak over the step of the live bytes that are NOT model or optimizer
+# state: live bytes minus parameters, gradients and optimizer state. It therefore counts saved
+# activations, in-flight temporaries and the input batch, because all of them grow with the
+# batch size and none of them persists across steps. It is computed on the attribution timeline
+# (tensor-owned bytes), so an estimate and a measurement give the same figure; the
+# unattributed gap is reported separately at the total peak. Every figure that says
+# "activation peak" (profile, fit, reports) calls activation_bytes() below.
+def activation_bytes(by_category: dict[str, Any]) -> Any:
+    """Live bytes other than parameters, gradients and optimizer state (scalars or arrays).
+
+    Args:
+        by_category: live bytes keyed by category name (tracked categories; ``unattributed``
+            is ignored: see NOTE [ The activation peak, defined once ]).
+
+    Returns:
+        The bytes that count towards the activation peak, of the same kind as the values.
+    """
+    total = sum(by_category[c.value] for c in TRACKED_CATEGORIES)
+    return total - sum(by_category[c.value] for c in STATE_CATEGORIES)
+
+
+def storage_key(t: torch.Tensor) -> int | None:
+    """An id for the untyped storage behind ``t`` (None for tensors without one)."""
+    try:
+        return t.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
+def _tensors(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """The tensors in nested tuples, lists and dicts (pytree is several times slower per op)."""
+    if out is None:
+        out = []
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            _tensors(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _tensors(o, out)
+    return out
+
+
+def _writes(func: Any) -> bool:
+    """True for ops with an argument written in place (resize_, set_, out= variants, add_, ...)."""
+    try:
+        return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+    except AttributeError:
+        return True
+
+
+@dataclass
+class ModuleInterval:
+    """One stretch of a module's work on the event clock: ``[start, end]`` (inclusive)."""
+
+    name: str
+    phase: str  # "forward" or "backward" (recomputation in backward counts as backward)
+    start: int
+    end: int
+
+
+@dataclass
+class _Life:
+    start: int
+    end: int | None
+    nbytes: int
+    category: Category | None = None  # a fixed role (parameter, gradient, ...), else None
+    owner: str = ""  # the module running when it was allocated ("<name> (backward)" in backward)
+
+
+class _Saved:
+    """What a saved-tensor pack hook returns: the tensor, and a note when autograd drops it."""
+
+    __slots__ = ("tensor", "_release", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor, release: Any) -> None:
+        self.tensor = tensor
+        self._release = release
+
+    def __del__(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+@dataclass
+class Timeline:
+    """Live bytes per category after every event of the step (the event clock is the x axis)."""
+
+    by_category: dict[str, np.ndarray]
+    phases: list[tuple[str, int, int]] = field(default_factory=list)  # (phase, start, end)
+
+    @property
+    def total(self) -> np.ndarray:
+        """Tensor-owned live bytes after each event."""
+        return sum(self.by_category[c.value] for c in TRACKED_CATEGORIES)  # type: ignore[return-value]
+
+    @property
+    def activations(self) -> np.ndarray:
+        """Live bytes counted by the activation peak, after each event."""
+        return activation_bytes(self.by_category)
+
+    def at(self, index: int) -> dict[str, int]:
+        """Bytes per category after event ``index``."""
+        return {c.value: int(self.by_category[c.value][index]) for c in TRACKED_CATEGORIES}
+
+
+class StorageTracker(TorchDispatchMode):
+    """Track every storage of a training step and the role it plays, event by event.
+
+    Use through :meth:`track` (which also installs module hooks, saved-tensor hooks, gradient
+    hooks and the storage-resize watch, and removes all of them on exit, also on error).
+
+    Args:
+        model: the model whose parameters, buffers and modules are tracked.
+        optimizer: its optimizer (state storages are ``optimizer_state``), or None.
+        inputs: tensors of the input batch (inputs and targets).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, inputs: Iterable[torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer = optimizer
+        self.inputs = list(inputs)
+        self.clock = 0
+        self.live = 0
+        self.peak = 0
+        self.lives: dict[int, list[_Life]] = {}
+        self.saved: dict[int, list[list[int | None]]] = {}  # key -> [[start, end], ...]
+        self._saved_count: dict[int, int] = {}
+        self._refs: dict[int, weakref.ref] = {}
+        self._first_life: dict[int, int] = {}  # key -> index of the current storage's first life
+        self.phase = "setup"
+        self.phases: list[tuple[str, int, int]] = []
+        self._phase_start = 0
+        self.intervals: list[ModuleInterval] = []
+        self._open: dict[int, list[tuple[str, str, int]]] = {}
+        self._bw_open: dict[str, list[int]] = {}
+        self._stack: list[str] = []
+        self._writes: dict[Any, bool] = {}
+        self._bw_current: str | None = None
+        self.module_names: dict[str, str] = {}
+        self._active = False
+        #: optional object with ``open(tag)``/``close(tag)`` told of every module interval
+        #: (the CUDA allocator tracker reads its peaks there).
+        self.listener: Any = None
+
+    # ---- storage events -------------------------------------------------------------------
+    def _tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def _owner(self) -> str:
+        if self._stack:
+            name = self._stack[-1]
+            return f"{name} (recomputed in backward)" if self.phase == "backward" else name
+        if self.phase == "backward" and self._bw_current is not None:
+            return f"{self._bw_current} (backward)"
+        return f"({self.phase})"
+
+    def _alloc(self, key: int, nbytes: int) -> None:
+        t = self._tick()
+        self.lives.setdefault(key, []).append(_Life(t, None, nbytes, owner=self._owner()))
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def _free(self, key: int) -> None:
+        lives = self.lives.get(key)
+        if not lives or lives[-1].end is not None:
+            return
+        t = self._tick()
+        lives[-1].end = t
+        self.live -= lives[-1].nbytes
+        if self._saved_count.get(key):
+            self.saved[key][-1][1] = t
+            self._saved_count[key] = 0
+
+    def _on_storage_death(self, key: int) -> None:
+        if self._active:
+            self._free(key)
+        self._refs.pop(key, None)
+
+    def _watch(self, st: torch.UntypedStorage, key: int) -> None:
+        tracker = weakref.ref(self)
+
+        def died(_: Any, key: int = key) -> None:
+            me = tracker()
+            if me is not None:
+                me._on_storage_death(key)
+
+        self._refs[key] = weakref.ref(st, died)
+        self._first_life[key] = len(self.lives.get(key, ()))
+
+    def _set_category(self, key: int, category: Category) -> None:
+        """Give every life of the storage now behind ``key`` a fixed role."""
+        for life in self.lives.get(key, [])[self._first_life.get(key, 0):]:
+            life.category = category
+
+    def _known(self, key: int) -> bool:
+        # NOTE [ Storage identity ]
+        # A storage is keyed by its StorageImpl address, which the allocator reuses once the
+        # storage is dead. A key therefore names a tracked storage only while our weak reference
+        # to its Python object is alive (PyTorch keeps that object alive as long as the
+        # StorageImpl lives); a dead key that comes back is a new storage.
+        ref = self._refs.get(key)
+        return ref is not None and ref() is not None
+
+    def _add_storage(self, st: torch.UntypedStorage, category: Category | None = None) -> int:
+        key = st._cdata
+        if not self._known(key):
+            self._watch(st, key)
+            self._alloc(key, int(st.nbytes()))
+        if category is not None:
+            self._set_category(key, category)
+        return key
+
+    def _check_size(self, st: torch.UntypedStorage) -> None:
+        """Follow a resize of a tracked storage: the old block is freed, a new one allocated."""
+        key = st._cdata
+        if not self._known(key):
+            return
+        lives = self.lives[key]
+        nbytes = int(st.nbytes())
+        if lives[-1].end is None:
+            if nbytes == lives[-1].nbytes:
+                return
+            self._free(key)
+        if nbytes:
+            self._alloc(key, nbytes)
+
+    def _resized(self, st: torch.UntypedStorage) -> None:
+        self._check_size(st)
+
+    # ---- saved tensors -----------------------------------------------------------------------
+    def _pack(self, t: torch.Tensor) -> Any:
+        key = storage_key(t)
+        if key is None or not self._known(key) or not self._active:
+            return t
+        count = self._saved_count.get(key, 0)
+        if count == 0:
+            self.saved.setdefault(key, []).append([self._tick(), None])
+        self._saved_count[key] = count + 1
+        tracker = weakref.ref(self)
+
+        def release(key: int = key) -> None:
+            me = tracker()
+            if me is not None and me._active:
+                me._unsave(key)
+
+        return _Saved(t, release)
+
+    def _unsave(self, key: int) -> None:
+        count = self._saved_count.get(key, 0)
+        if count <= 0:
+            return
+        self._saved_count[key] = count - 1
+        if count == 1:
+            self.saved[key][-1][1] = self._tick()
+
+    @staticmethod
+    def _unpack(obj: Any) -> torch.Tensor:
+        return obj.tensor if isinstance(obj, _Saved) else obj
+
+    # ---- dispatch ----------------------------------------------------------------------------
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if not self._active:
+            return out
+        writes = self._writes.get(func)
+        if writes is None:
+            writes = self._writes[func] = _writes(func)
+        if writes:  # resize_, set_, out= variants may have resized a tracked storage
+            for t in _tensors((args, kwargs)):
+                key = storage_key(t)
+                if key is not None and self._known(key):
+                    self._check_size(t.untyped_storage())
+        in_keys: set[int] | None = None
+        for t in _tensors(out):
+            try:
+                st = t.untyped_storage()
+            except (RuntimeError, NotImplementedError, TypeError):
+                continue
+            key = st._cdata
+            if self._known(key):
+                if writes:
+                    self._check_size(st)
+                continue
+            if in_keys is None:  # an output on an untracked storage: new, unless it aliases an input
+                in_keys = {k for k in map(storage_key, _tensors((args, kwargs))) if k is not None}
+            if key not in in_keys:
+                self._add_storage(st)
+        return out
+
+    # ---- phases and modules --------------------------------------------------------------------
+    def set_phase(self, phase: str) -> None:
+        """Start a phase ("forward", "backward", "optimizer") at the current event."""
+        if self.phase == "backward":
+            # Modules whose inputs need no gradient (the first layer) have no end-of-backward
+            # hook: their backward ends with the phase.
+            for name, starts in self._bw_open.items():
+                while starts:
+                    self.intervals.append(ModuleInterval(name, "backward", starts.pop(), self.clock))
+                    if self.listener is not None:
+                        self.listener.close((name, "backward"))
+        if self.phase != "setup":
+            self.phases.append((self.phase, self._phase_start, self.clock))
+        self.phase = phase
+        self._phase_start = self.clock
+
+    def _pre_forward(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            phase = "backward" if self.phase == "backward" else "forward"
+            self._open.setdefault(id(module), []).append((name, phase, self._tick()))
+            self._stack.append(name)
+            if self.listener is not None:
+                self.listener.open((name, phase))
+            if torch.is_grad_enabled():
+                # never on parameters: a hook there would outlive the step
+                needing = [t for t in _tensors(args) if t.requires_grad and not isinstance(t, nn.Parameter)]
+                if needing:
+                    _register_multi_grad_hook(needing, self._end_backward(name), mode="any")
+        return hook
+
+    def _post_forward(self) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            stack = self._open.get(id(module))
+            if not stack:
+                return
+            name, phase, start = stack.pop()
+            if self._stack:
+                self._stack.pop()
+            self.intervals.append(ModuleInterval(name, phase, start, self._tick()))
+            if self.listener is not None:
+                self.listener.close((name, phase))
+            if torch.is_grad_enabled():
+                needing = [t for t in _tensors(output) if t.requires_grad and not isinstance(t, nn.Parameter)]
+                if needing:
+                    _register_multi_grad_hook(needing, self._start_backward(name), mode="any")
+        return hook
+
+    def _start_backward(self, name: str) -> Any:
+        def hook(*_: Any) -> None:
+            if self._active:
+                self._bw_open.setdefault(name, []).append(self._tick())
+                self._bw_current = name
+                if self.listener is not None:
+                    self.listener.open((name, "backward"))
+        return hook
+
+    def _end_backward(self, name: str) -> Any:
+        def hook(*_: Any) -> None:
+            starts = self._bw_open.get(name)
+            if self._active and starts:
+                self.intervals.append(ModuleInterval(name, "backward", starts.pop(), self._tick()))
+                if self.listener is not None:
+                    self.listener.close((name, "backward"))
+        return hook
+
+    def _grad_accumulated(self, param: torch.Tensor) -> None:
+        if self._active and param.grad is not None:
+            key = storage_key(param.grad)
+            if key is not None:
+                self._add_storage(param.grad.untyped_storage())
+                self._set_category(key, Category.GRADIENTS)
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[StorageTracker]:
+        """Install every hook, run the body under the tracker, remove every hook (also on error)."""
+        handles: list[Any] = []
+        orig_resize = torch.UntypedStorage.resize_
+        tracker = self
+
+        def resize_(st: torch.UntypedStorage, size: int) -> Any:
+            result = orig_resize(st, size)
+            if tracker._active:
+                tracker._resized(st)
+            return result
+
+        try:
+            for p in self.model.parameters():
+                self._add_storage(p.untyped_storage(), Category.PARAMETERS)
+                if p.requires_grad:
+                    handles.append(p.register_post_accumulate_grad_hook(self._grad_accumulated))
+            for b in self.model.buffers():
+                self._add_storage(b.untyped_storage(), Category.PARAMETERS)
+            for t in self._optimizer_tensors():
+                self._add_storage(t.untyped_storage(), Category.OPTIMIZER_STATE)
+            for t in self.inputs:
+                self._add_storage(t.untyped_storage(), Category.INPUTS)
+            for name, module in self.model.named_modules():
+                self.module_names[name] = type(module).__name__
+                handles.append(module.register_forward_pre_hook(self._pre_forward(name)))
+                handles.append(module.register_forward_hook(self._post_forward()))
+            torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+            self._active = True
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack), self:
+                yield self
+            self.set_phase("end")
+            for t in self._optimizer_tensors():  # state created during this step
+                key = storage_key(t)
+                if key is not None and self._known(key):
+                    self._set_category(key, Category.OPTIMIZER_STATE)
+        finally:
+            self._active = False
+            torch.UntypedStorage.resize_ = orig_resize  # type: ignore[method-assign]
+            for h in handles:
+                h.remove()
+            self._refs.clear()
+
+    def _optimizer_tensors(self) -> list[torch.Tensor]:
+        if self.optimizer is None:
+            return []
+        return [t for state in self.optimizer.state.values() for t in _tensors(state)]
+
+    # ---- results -------------------------------------------------------------------------------
+    def holders_at(self, index: int, categories: Iterable[Category] | None = None) -> list[tuple[str, str, int]]:
+        """``(category, owner module, bytes)`` of the storages live after event ``index``, largest first.
+
+        Args:
+            index: an event of the clock.
+            categories: keep only these (default: all tracked ones).
+        """
+        wanted = {c.value for c in (categories or TRACKED_CATEGORIES)}
+        acc: dict[tuple[str, str], int] = {}
+        for key, lives in self.lives.items():
+            for life in lives:
+                end = life.end if life.end is not None else self.clock + 1
+                if not life.start <= index < end:
+                    continue
+                if life.category is not None:
+                    cat = life.category.value
+                else:
+                    saved = any(
+                        s <= index < (e if e is not None else self.clock + 1) for s, e in self.saved.get(key, [])
+                    )
+                    cat = Category.ACTIVATIONS.value if saved else Category.TEMPORARIES.value
+                if cat in wanted:
+                    acc[(cat, life.owner)] = acc.get((cat, life.owner), 0) + life.nbytes
+        return sorted(((c, o, b) for (c, o), b in acc.items()), key=lambda r: -r[2])
+
+    def timeline(self) -> Timeline:
+        """Live bytes per category after every event (call after :meth:`track` has exited)."""
+        n = self.clock + 2
+        diffs = {c.value: np.zeros(n, dtype=np.int64) for c in TRACKED_CATEGORIES}
+        end_default = self.clock + 1
+
+        def add(cat: Category, start: int, end: int | None, nbytes: int) -> None:
+            d = diffs[cat.value]
+            d[start] += nbytes
+            d[end if end is not None else end_default] -= nbytes
+
+        for key, lives in self.lives.items():
+            for life in lives:
+                if life.category is not None:
+                    add(life.category, life.start, life.end, life.nbytes)
+                    continue
+                add(Category.TEMPORARIES, life.start, life.end, life.nbytes)
+                life_end = life.end if life.end is not None else end_default
+                for s, e in self.saved.get(key, []):
+                    s2, e2 = max(s, life.start), min(e if e is not None else end_default, life_end)  # type: ignore[type-var]
+                    if s2 < e2:
+                        add(Category.TEMPORARIES, s2, e2, -life.nbytes)
+                        add(Category.ACTIVATIONS, s2, e2, life.nbytes)
+        by_cat = {k: np.cumsum(v)[: self.clock + 1] for k, v in diffs.items()}
+        return Timeline(by_cat, list(self.phases))
+
+
+# NOTE [ Module backward boundaries ]
+# A module's backward starts when the gradient of its (first) output is computed and ends when
+# the gradient of its (first) input is: one plain tensor hook on each, which observes the
+# gradient and returns None, so nothing is kept and nothing changes. Not used: full backward
+# hooks (register_full_backward_hook), which wrap inputs and outputs in extra autograd nodes,
+# change the graph and break in-place ops such as ReLU(inplace=True); multi-grad hooks in "all"
+# mode, which buffer gradients (keeping them alive longer: it changed irevvgg's peak) and query
+# the engine about leaves, which autograd.grad() inside a reversible backward does not allow;
+# "any" mode, correct but several times slower per module call.
+def _register_multi_grad_hook(tensors: list[torch.Tensor], fn: Any, mode: str = "any") -> Any:
+    def hook(grad: torch.Tensor) -> None:
+        fn()
+
+    return tensors[0].register_hook(hook)

@@ -1,0 +1,285 @@
+"""Plots. Each figure is its own function taking a result object (no hook code imported here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..aggregation.step import StepProfile
+
+__all__ = ["plot_layer_activations", "plot_step_timeline", "plot_strategies", "plot_sweep"]
+
+_PHASE_COLOURS = {"forward": "#dbe9f6", "backward": "#fde2cf", "optimizer": "#e3f1dc"}
+
+
+def plot_step_timeline(profile: StepProfile, path: str | Path | None = None) -> Any:
+    """Live bytes of one training step by category, with the forward/backward/optimizer phases.
+
+    The x axis is the tracker's event clock (one tick per allocation, free, save or module
+    boundary), so that phases with many small ops are not squeezed. The allocator's peak (or
+    the estimated peak) is drawn as a dashed line.
+
+    Args:
+        profile: a :class:`memprof.aggregation.step.StepProfile` with its timeline.
+        path: write a PNG there if given.
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        ValueError: if the profile has no timeline.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..recording.attribution import TRACKED_CATEGORIES
+    from ..units import MiB
+
+    tl = profile.timeline
+    if tl is None:
+        raise ValueError("this profile has no timeline to plot")
+    start = min(s for _, s, _ in tl.phases)
+    x = np.arange(len(tl.total))[start:]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for phase, s, e in tl.phases:
+        if phase in _PHASE_COLOURS:
+            ax.axvspan(s, e, color=_PHASE_COLOURS[phase], zorder=0)
+            ax.text((s + e) / 2, 1.0, phase, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=9)
+    ys = [tl.by_category[c.value][start:] / MiB for c in TRACKED_CATEGORIES]
+    ax.stackplot(x, ys, labels=[c.value for c in TRACKED_CATEGORIES], alpha=0.85, zorder=1)
+    kind = "measured" if profile.mode == "measured" else "estimated"
+    ax.axhline(profile.peak_bytes / MiB, color="black", ls="--", lw=1, label=f"peak ({kind}, allocator)" if kind == "measured" else f"peak ({kind})")
+    ax.set_xlabel("event (allocation, free, save, module boundary)")
+    ax.set_ylabel("live MiB (2^20 bytes)")
+    ax.set_title(f"{profile.model}, batch {profile.batch_size}, {profile.device}, {profile.optimizer}: live bytes over one step ({kind})", pad=16)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_xlim(x[0], x[-1])
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fig
+
+
+# -- sweeps, strategies and per-layer activations (plots from DataFrames) ------------------------
+
+_METRIC_STYLES = {
+    "activation_peak_bytes": ("-", "o", "activation peak"),
+    "saved_bytes": ("--", "s", "autograd-saved (forward)"),
+    "seed_activation_bytes": (":", "^", "seed convention (deck)"),
+    "peak_bytes": ("-.", "D", "step peak"),
+}
+
+
+# NOTE [ Figures without pyplot ]
+# The figures below are matplotlib.figure.Figure objects built without pyplot: no backend is
+# selected or switched (a notebook keeps its inline backend, a script needs no display), no
+# global figure list grows, and savefig renders through Agg. Jupyter displays them as images.
+def _new_figure(**kwargs: Any) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _spans(values: Any, factor: float) -> bool:
+    """Whether positive ``values`` span more than ``factor`` (a log axis then helps)."""
+    v = [float(x) for x in values if x is not None and x == x and float(x) > 0]
+    return len(v) > 1 and max(v) / min(v) > factor
+
+
+def _finish(fig: Any, path: str | Path | None) -> Any:
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_sweep(
+    df: Any,
+    path: str | Path | None = None,
+    *,
+    reference: str | None = None,
+    kind: str = "estimated",
+    title: str | None = None,
+) -> Any:
+    """Memory against batch size per model (left, middle) and savings in percent (right).
+
+    Left: activation memory three ways (activation peak of a training step, bytes autograd
+    saves in a forward, the deck's convention); middle: the step peak (parameters, gradients
+    and optimizer state included); right: each model's saving against ``reference``. Colour is
+    the model, line style the figure. Axes are logarithmic where the values span more than
+    a factor of 8 (batch) or 20 (bytes); rows without figures (out of memory) are left out.
+
+    Args:
+        df: a :meth:`memprof.aggregation.sweep.SweepResult.to_dataframe` frame (columns
+            ``model``, ``batch_size``, the byte figures and ``<figure>_saving_pct``).
+        path: write a PNG there if given.
+        reference: the model of the savings (default: the first model in ``df``).
+        kind: ``estimated`` or ``measured``, for the labels.
+        title: the figure's title.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import pandas as pd
+
+    from ..units import MiB
+
+    models = list(dict.fromkeys(df["model"]))
+    reference = reference or models[0]
+    colours = {m: f"C{i}" for i, m in enumerate(models)}
+    fig = _new_figure(figsize=(16, 5))
+    axes = fig.subplots(1, 3)
+    panels = [
+        (axes[0], ["activation_peak_bytes", "saved_bytes", "seed_activation_bytes"], "activation memory"),
+        (axes[1], ["peak_bytes"], f"training-step peak ({kind})"),
+    ]
+    for ax, metrics, name in panels:
+        for m in models:
+            sub = df[df["model"] == m]
+            for metric in metrics:
+                ok = sub[metric].notna()
+                if not ok.any():
+                    continue
+                ls, marker, _ = _METRIC_STYLES[metric]
+                ax.plot(sub["batch_size"][ok], sub[metric][ok].astype(float) / MiB, ls=ls, marker=marker,
+                        color=colours[m], ms=4)
+        ax.set_title(name)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("MiB (2^20 bytes)")
+        values = pd.concat([df[c].astype("Float64") for c in metrics]).dropna()
+        if _spans(values, 20):
+            ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+    ax = axes[2]
+    for m in models:
+        if m == reference:
+            continue
+        sub = df[df["model"] == m]
+        for metric in ("activation_peak_bytes", "seed_activation_bytes", "peak_bytes"):
+            col = f"{metric}_saving_pct"
+            ok = sub[col].notna()
+            if not ok.any():
+                continue
+            ls, marker, _ = _METRIC_STYLES[metric]
+            ax.plot(sub["batch_size"][ok], sub[col][ok], ls=ls, marker=marker, color=colours[m], ms=4)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_title(f"saving against {reference}")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("saving, % (higher is better)")
+    ax.grid(True, which="major", alpha=0.3)
+    sizes = sorted(set(int(b) for b in df["batch_size"]))
+    for a in axes:
+        if _spans(sizes, 8):
+            a.set_xscale("log", base=2)
+        a.set_xticks(sizes)
+        a.set_xticklabels([str(b) for b in sizes])
+        a.minorticks_off()
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in models]
+    handles += [Line2D([], [], color="black", ls=ls, marker=mk, ms=4, label=lab + (f" ({kind})" if "peak" in lab else ""))
+                for ls, mk, lab in _METRIC_STYLES.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97 if title else 1))
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def plot_strategies(df: Any, path: str | Path | None = None, *, title: str | None = None) -> Any:
+    """Memory against step time, one point per strategy (lower left is better).
+
+    Filled markers are the activation peak, hollow ones the step peak of the same strategy,
+    joined by a thin line and labelled with its name; the x axis is the step time as a ratio
+    to plain autograd (fastest round over plain's fastest; a thick bar spans the ratios taken
+    within each round, a measure of the run's noise).
+
+    Args:
+        df: a :meth:`memprof.aggregation.compare.StrategyComparison.to_dataframe` frame
+            (columns ``strategy``, ``activation_peak_bytes``, ``peak_bytes``, ``time_ratio``).
+        path: write a PNG there if given.
+        title: the figure's title.
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        ValueError: if no strategy has a step time (timing was switched off).
+    """
+    from ..units import MiB
+
+    if df["time_ratio"].isna().all():
+        raise ValueError("no step times to plot: the comparison ran without timing")
+    fig = _new_figure(figsize=(8, 5.5))
+    ax = fig.subplots()
+    for i, r in enumerate(df.itertuples(index=False)):
+        if r.time_ratio != r.time_ratio or r.time_ratio is None:
+            continue
+        c = f"C{i}"
+        act, peak = r.activation_peak_bytes / MiB, r.peak_bytes / MiB
+        ax.plot([r.time_ratio, r.time_ratio], [act, peak], color=c, lw=0.8, alpha=0.6)
+        lo, hi = getattr(r, "time_ratio_min", None), getattr(r, "time_ratio_max", None)
+        if lo is not None and hi is not None and lo == lo and hi == hi:  # the range over the rounds
+            ax.plot([lo, hi], [act, act], color=c, lw=3, alpha=0.35, solid_capstyle="butt")
+        ax.scatter([r.time_ratio], [act], color=c, s=60, zorder=3)
+        ax.scatter([r.time_ratio], [peak], facecolors="none", edgecolors=c, s=60, zorder=3)
+        ax.annotate(r.strategy, (r.time_ratio, act), textcoords="offset points", xytext=(6, -10), fontsize=8)
+    ax.set_xlabel("step time / plain autograd's (measured, fastest rounds; bar: range of within-round ratios)")
+    ax.set_ylabel("MiB (2^20 bytes): filled = activation peak, hollow = step peak")
+    ax.set_ylim(bottom=0)
+    lo = float(df.get("time_ratio_min", df["time_ratio"]).min())
+    hi = float(df.get("time_ratio_max", df["time_ratio"]).max())
+    pad = 0.08 * max(hi - lo, 0.5)
+    ax.set_xlim(lo - pad, hi + 2 * pad)  # room for the labels right of the points
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _finish(fig, path)
+
+
+def plot_layer_activations(
+    frames: dict[str, Any], batch_size: int, path: str | Path | None = None, *, bytes_per_element: int = 4
+) -> Any:
+    """Activation memory per table row, one panel per model: deck convention beside autograd's.
+
+    Args:
+        frames: model name -> :meth:`memprof.aggregation.table.LayerTable.to_dataframe` frame
+            (columns ``name``, ``layer``, ``activations`` per sample, ``saved_bytes``).
+        batch_size: the batch of the tables (the deck's convention is scaled to it).
+        path: write a PNG there if given.
+        bytes_per_element: element size of the deck's convention (4: float32).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import numpy as np
+
+    from ..units import MiB
+
+    n = len(frames)
+    widths = [max(len(df), 4) for df in frames.values()]
+    fig = _new_figure(figsize=(max(8, 0.32 * sum(widths) + 2), 5))
+    axes = fig.subplots(1, n, squeeze=False, gridspec_kw={"width_ratios": widths}, sharey=True)
+    for ax, (model, df) in zip(axes[0], frames.items()):
+        x = np.arange(len(df))
+        seed = df["activations"].astype(float) * batch_size * bytes_per_element / MiB
+        saved = df["saved_bytes"].astype(float) / MiB
+        ax.bar(x - 0.2, seed, width=0.4, label="deck convention (output elements)", color="C0")
+        ax.bar(x + 0.2, saved, width=0.4, label="saved by autograd (measured)", color="C3")
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{a}" for a in df["layer"]], rotation=90, fontsize=7)
+        ax.set_title(f"{model}: {seed.sum():.1f} MiB (deck conv.) vs {saved.sum():.1f} MiB (autograd)", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(f"MiB (2^20 bytes) at batch {batch_size}")
+    axes[0][0].legend(fontsize=8)
+    return _finish(fig, path)

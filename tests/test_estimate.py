@@ -1,0 +1,165 @@
+"""Estimation: equal to the measurement on the CPU, the CUDA allocator model, MemTracker cross-check."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import pytest
+import torch
+
+from memprof.aggregation.step import _targets_for, _warm_up, make_optimizer, profile_step, run_step
+from memprof.models import get_model, get_model_info, list_models
+from memprof.recording.estimate import (
+    CudaCachingAllocatorModel,
+    round_cuda_request,
+    simulate_cuda_allocator,
+)
+
+MiB = 1 << 20
+BATCH = 2
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run on one intra-op thread: on a shared 2-core machine two OpenMP threads can be 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=None)
+def _profiles(name: str):
+    torch.manual_seed(0)
+    model = get_model(name)
+    shape = get_model_info(name).input_shape
+    with one_thread():
+        measured = profile_step(model, BATCH, shape, name=name)
+        estimated = profile_step(model, BATCH, shape, name=name, estimate=True)
+    return measured, estimated
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registered_model_breakdown_adds_up_with_small_gap(name):
+    measured, _ = _profiles(name)
+    assert sum(measured.at_peak.values()) == measured.peak_bytes
+    gap = measured.at_peak["unattributed"]
+    assert 0 <= gap < 0.03 * measured.peak_bytes, f"unattributed {gap} of {measured.peak_bytes}"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_estimate_equals_measured_attribution_on_cpu(name):
+    measured, estimated = _profiles(name)
+    tracked = {k: v for k, v in measured.at_peak.items() if k != "unattributed"}
+    assert {k: v for k, v in estimated.at_peak.items() if k != "unattributed"} == tracked
+    assert estimated.at_peak["unattributed"] == 0
+    assert estimated.peak_bytes == measured.attributed_peak_bytes
+    assert estimated.activation_peak_bytes == measured.activation_peak_bytes
+    for m, e in zip(measured.modules, estimated.modules):
+        assert m == e
+    for ph in measured.phases:
+        assert measured.phases[ph]["attributed_peak_bytes"] == estimated.phases[ph]["attributed_peak_bytes"]
+
+
+def test_memtracker_agrees_on_vgg19():
+    """PyTorch's MemTracker total at its peak is within 2% of memprof's measured peak."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    measured, _ = _profiles("vgg19")
+    torch.manual_seed(0)
+    model = get_model("vgg19").train()
+    x = torch.randn(BATCH, *get_model_info("vgg19").input_shape)
+    opt = make_optimizer("sgd", model.parameters())
+    targets = _warm_up(model, opt, x, _targets_for(BATCH, torch.device("cpu"), 0))
+    tracker = MemTracker()
+    tracker.track_external(model, opt, x, targets)
+    with one_thread(), tracker:
+        run_step(model, opt, x, targets)
+    total = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    assert abs(total - measured.peak_bytes) <= 0.02 * measured.peak_bytes
+    assert total == measured.attributed_peak_bytes  # same storages, counted the same way
+
+
+def test_reversible_models_hold_fewer_activations_than_vgg19():
+    vgg = _profiles("vgg19")[1]
+    for name in ("revvgg", "irevvgg"):
+        assert _profiles(name)[1].at_peak["activations"] < vgg.at_peak["activations"]
+
+
+def test_big_estimate_needs_no_memory():
+    prof = profile_step(get_model("vgg19"), 8192, (3, 32, 32), estimate=True)
+    assert prof.peak_bytes > 20 * (1 << 30)  # far more than this machine could allocate quickly
+
+
+# ---- the CUDA caching allocator model ------------------------------------------------------
+def test_round_cuda_request():
+    assert [round_cuda_request(n) for n in (0, 1, 511, 512, 513, 1536)] == [0, 512, 512, 512, 1024, 1536]
+
+
+def test_small_and_large_pool_segments():
+    m = CudaCachingAllocatorModel()
+    a = m.malloc(1000)
+    assert (m.allocated, m.reserved) == (1024, 2 * MiB)  # small pool: one 2 MiB segment
+    b = m.malloc(1000)
+    assert m.reserved == 2 * MiB  # the split remainder serves it
+    d = m.malloc(11 * MiB)
+    # >= 10 MiB: a segment of the size rounded up to 2 MiB; the 1 MiB remainder is not split
+    # off (large pool splits only remainders over 1 MiB), so the whole block counts
+    assert (m.allocated, m.reserved) == (2048 + 12 * MiB, 2 * MiB + 12 * MiB)
+    c = m.malloc(3 * MiB)
+    assert m.reserved == 2 * MiB + 12 * MiB + 20 * MiB  # 1 MiB < size < 10 MiB: a 20 MiB segment
+    e = m.malloc(11 * MiB)
+    assert m.reserved == 34 * MiB  # served by the 17 MiB left in the 20 MiB segment
+    for addr in (a, b, c, d, e):
+        m.free(addr)
+    assert m.allocated == 0 and m.reserved == 34 * MiB  # cached, not released
+
+
+def test_free_blocks_merge_and_unsplit_remainder_counts():
+    m = CudaCachingAllocatorModel()
+    a, b = m.malloc(8 * MiB), m.malloc(8 * MiB)  # both from one 20 MiB segment
+    assert m.reserved == 20 * MiB
+    m.free(a)
+    m.free(b)
+    c = m.malloc(19 * MiB + 512)  # fits only in the merged 20 MiB block; remainder < 1 MiB: not split
+    assert m.reserved == 20 * MiB and m.allocated == 20 * MiB
+    m.free(c)
+
+
+def test_simulation_replays_lives():
+    lives = [(1, 3, 100), (2, None, 2 * MiB)]
+    allocated, reserved = simulate_cuda_allocator(lives, 5)
+    assert list(allocated) == [0, 512, 512 + 2 * MiB, 2 * MiB, 2 * MiB]
+    assert reserved[-1] == 2 * MiB + 20 * MiB
+
+
+def test_cuda_estimate_adds_rounding_as_unattributed():
+    from tests.test_step import tiny_model
+
+    prof = profile_step(tiny_model(), 2, (3, 8, 8), estimate=True, device="cuda")
+    assert sum(prof.at_peak.values()) == prof.peak_bytes
+    assert prof.at_peak["unattributed"] > 0  # 512-byte rounding of small tensors
+    assert prof.reserved_peak_bytes >= prof.peak_bytes
+    assert any("not modelled" in n for n in prof.notes)
+
+
+def test_memory_report_is_not_stale():
+    """reports/memory.json holds the deterministic (tensor-owned) figures of reports/memory.md."""
+    import json
+    from pathlib import Path
+
+    from memprof.aggregation.memory_report import BATCH_SIZE, MODELS, deterministic_figures
+
+    path = Path(__file__).resolve().parent.parent / "reports" / "memory.json"
+    if not path.exists():
+        pytest.skip("reports/memory.json not generated yet: run `memprof report memory`")
+    recorded = json.loads(path.read_text())
+    assert recorded["batch_size"] == BATCH_SIZE
+    for name in MODELS:
+        torch.manual_seed(0)
+        with one_thread():
+            est = profile_step(get_model(name), BATCH_SIZE, get_model_info(name).input_shape, estimate=True)
+        assert deterministic_figures(est) == recorded["models"][name], f"reports/memory.md is stale for {name}"
