@@ -1,0 +1,64 @@
+"""`memprof compare`: VGG-19's memory-saving strategies side by side, a table and a scatter plot."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..units import DTYPES
+
+FORMATS = ("text", "markdown", "csv", "json")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..aggregation.compare import list_strategies
+
+    p = sub.add_parser(
+        "compare",
+        help="VGG-19's memory-saving strategies side by side: activation peak, step peak, step time, parameters",
+        description="Profile every strategy (plain autograd, checkpointing per stage or every sqrt(n) layers, "
+        "the reversible Rev-VGG, the invertible i-Rev-VGG, and save_on_cpu offloading on a GPU) and time "
+        "their training steps side by side in one run. Prints the table; writes OUT/compare.md and "
+        "OUT/compare.png (memory against step time).",
+    )
+    p.add_argument("--strategies", default=None,
+                   help=f"comma-separated, from {', '.join(list_strategies())}; plain is always added as the "
+                   "reference (default: all that run here; offload needs --measure on cuda)")
+    p.add_argument("--batch-size", default="32", help="samples per step (default: 32)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--estimate", dest="mode", action="store_const", const="estimate",
+                       help="estimate memory under FakeTensorMode (the default)")
+    group.add_argument("--measure", dest="mode", action="store_const", const="measure",
+                       help="measure memory at the allocator in a real step (default: off)")
+    p.add_argument("--repeats", default="5", help="timing rounds, each one step per strategy (default: 5)")
+    p.add_argument("--no-time", dest="timing", action="store_false",
+                   help="skip the step times: memory only, no plot (default: times measured)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
+    p.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam (default: sgd)")
+    p.add_argument("--out", default=None,
+                   help="directory for compare.md and compare.png (default: none, print only)")
+    p.add_argument("--format", default="text", help=f"printed table: {', '.join(FORMATS)} (default: text)")
+    p.set_defaults(func=run, mode="estimate")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..aggregation.compare import check_compare_args, compare_strategies, write_compare_files
+    from ..aggregation.sweep import check_output_dir
+    from ..errors import check_choice
+
+    check_choice("format", args.format, FORMATS)
+    checked = check_compare_args(args.strategies, args.batch_size, args.mode, args.device, args.dtype,
+                                 args.optimizer, args.repeats, args.timing)
+    out = check_output_dir(args.out) if args.out is not None else None
+    result = compare_strategies(checked.strategies, checked.batch_size, mode=args.mode, device=args.device,
+                                dtype=args.dtype, optimizer=args.optimizer, repeats=checked.repeats,
+                                timing=args.timing, progress=None)
+    sys.stdout.write(result.render(args.format))
+    if out is not None:
+        command = (f"memprof compare --strategies {','.join(checked.strategies)} --batch-size {checked.batch_size} "
+                   f"--{args.mode} --repeats {checked.repeats}{'' if args.timing else ' --no-time'} "
+                   f"--device {args.device} --dtype {args.dtype} --optimizer {args.optimizer}")
+        for path in write_compare_files(result, out, command):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,59 @@
+"""`memprof sweep`: memory of several models over batch sizes, the savings, a CSV and a plot."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..units import DTYPES
+
+FORMATS = ("text", "markdown", "csv", "json")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..aggregation.sweep import DEFAULT_BATCH_SIZES, DEFAULT_MODELS
+
+    models = ",".join(DEFAULT_MODELS)
+    sizes = ",".join(map(str, DEFAULT_BATCH_SIZES))
+    p = sub.add_parser(
+        "sweep",
+        help="memory of models over batch sizes and the savings against the first; writes sweep.csv and sweep.png",
+        description="For each model and batch size: the deck's activation memory, the bytes autograd saves, "
+        "a training step's peak and activation peak (estimated by default, nothing allocated), and the "
+        "saving against the first model. Prints a table; writes OUT/sweep.csv and OUT/sweep.png.",
+    )
+    p.add_argument("--models", default=models,
+                   help=f"comma-separated registered models, the first is the reference (default: {models})")
+    p.add_argument("--batch-sizes", default=sizes,
+                   help=f"comma-separated batch sizes; '...' continues a progression, e.g. 1,2,4,...,1024 "
+                   f"(default: {sizes})")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--estimate", dest="mode", action="store_const", const="estimate",
+                       help="estimate each step under FakeTensorMode, nothing allocated (the default)")
+    group.add_argument("--measure", dest="mode", action="store_const", const="measure",
+                       help="run each step for real; a size that runs out of memory becomes a row marked "
+                       "'out of memory' (default: off)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
+    p.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam (default: sgd)")
+    p.add_argument("--out", default=".", help="directory for sweep.csv and sweep.png (default: .)")
+    p.add_argument("--format", default="text", help=f"printed table: {', '.join(FORMATS)} (default: text)")
+    p.set_defaults(func=run, mode="estimate")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..aggregation.sweep import check_output_dir, check_sweep_args, sweep, write_sweep_files
+    from ..errors import check_choice
+
+    check_choice("format", args.format, FORMATS)
+    checked = check_sweep_args(args.models, args.batch_sizes, args.mode, args.device, args.dtype, args.optimizer)
+    out = check_output_dir(args.out)
+    result = sweep(checked.models, checked.batch_sizes, mode=args.mode, device=args.device, dtype=args.dtype,
+                   optimizer=args.optimizer, progress=None)
+    sys.stdout.write(result.render(args.format))
+    command = (f"memprof sweep --models {','.join(checked.models)} "
+               f"--batch-sizes {','.join(map(str, checked.batch_sizes))} --{args.mode} --device {args.device} "
+               f"--dtype {args.dtype} --optimizer {args.optimizer}")
+    for path in write_sweep_files(result, out, command):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
