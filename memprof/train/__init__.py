@@ -1,0 +1,53 @@
+"""Training and evaluation with the deck's recipe: data → loop → metrics, single process or DDP.
+
+``train(TrainConfig(...))`` runs a whole job (``memprof train`` on the command line);
+``evaluate`` and ``measure_reconstruction_error`` work on any model; the per-class table of
+the deck is :class:`ClassificationReport`.
+"""
+
+from __future__ import annotations
+
+from .data import DataBundle, build_transforms, check_data_dir, load_datasets
+from .distributed import DistEnv, detect_dist_env
+from .loop import (
+    AmpMode,
+    EpochRecord,
+    ReconstructionError,
+    TrainConfig,
+    TrainResult,
+    autocast_context,
+    check_train_config,
+    evaluate,
+    load_checkpoint,
+    measure_reconstruction_error,
+    read_peak_memory,
+    reset_peak_memory,
+    train,
+)
+from .metrics import CIFAR10_CLASSES, ClassificationReport, build_classification_report, compute_confusion_matrix
+
+__all__ = [
+    "AmpMode",
+    "CIFAR10_CLASSES",
+    "ClassificationReport",
+    "DataBundle",
+    "DistEnv",
+    "EpochRecord",
+    "ReconstructionError",
+    "TrainConfig",
+    "TrainResult",
+    "autocast_context",
+    "build_classification_report",
+    "build_transforms",
+    "check_data_dir",
+    "check_train_config",
+    "compute_confusion_matrix",
+    "detect_dist_env",
+    "evaluate",
+    "load_checkpoint",
+    "load_datasets",
+    "measure_reconstruction_error",
+    "read_peak_memory",
+    "reset_peak_memory",
+    "train",
+]
