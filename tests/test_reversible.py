@@ -459,3 +459,15 @@ def test_torch_compile_runs_and_matches_eager() -> None:
     assert rel_err(y_c, y_p) <= 1e-6
     assert rel_err(g_c, g_p) <= 1e-5
     assert rel_err(flat_grads(rev), flat_grads(plain)) <= 1e-5
+
+
+def test_autocast_keeps_the_additive_stream_in_float32() -> None:
+    """A bfloat16 input under autocast is added in float32, so the inverse undoes the forward."""
+    torch.manual_seed(15)
+    seq = make_seq(16).eval()
+    x = torch.randn(2, 8, 6, 6).to(torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = seq(x)
+        back = seq.inverse(y)
+    assert y.dtype == torch.float32
+    assert ((back - x.float()).norm() / x.float().norm()).item() <= 1e-2

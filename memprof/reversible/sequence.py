@@ -47,6 +47,23 @@ __all__ = ["ReversibleSequence"]
 # it recomputes and gives the same gradients again.
 
 
+# NOTE [ The additive stream stays in float32 under autocast ]
+# Under autocast a convolution before the sequence hands it a bfloat16 (or float16) tensor. The
+# couplings would then add in that precision, y1 = x1 + F(x2) rounded to 8 bits of mantissa,
+# and the inverse could not undo the rounding: the rebuilt inputs drift by about 1e-2 per few
+# blocks. A low-precision floating input entering a sequence under autocast is therefore cast
+# to float32 (in both modes, so the twins compute the same function): F and G still run in
+# the autocast dtype, only the additions and the stream between blocks are float32. It costs
+# one float32 copy of the input and makes the saved output float32.
+
+
+def _float32_stream(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 when autocast is on for its device and x is a half-precision float."""
+    if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+        return x.float()
+    return x
+
+
 class _Chain:
     """What the nodes of one reversible forward share."""
 
@@ -246,6 +263,7 @@ class ReversibleSequence(InvertibleModule):
             raise TypeError(f"ReversibleSequence takes one tensor, got {type(x).__name__}")
         if self._memprof_chain is not None:  # nested in a reversible sequence's forward
             return self._forward_chain(x, self._memprof_chain)
+        x = _float32_stream(x)
         if (
             not self.reversible
             or not torch.is_grad_enabled()
