@@ -18,7 +18,13 @@ from .errors import check_choice
 __all__ = ["REPORTS", "generate_reports", "provenance", "atomic_write_text", "atomic_write_bytes"]
 
 #: report name -> "module:function" writing it. Order is the order of generation.
-REPORTS: dict[str, str] = {}
+REPORTS: dict[str, str] = {
+    "tables": "memprof.aggregation.table:write_table_reports",
+    "sweep": "memprof.aggregation.sweep:write_sweep_reports",
+    "compare": "memprof.aggregation.compare:write_compare_reports",
+    "memory": "memprof.aggregation.memory_report:write_memory_report",
+    "readme": "memprof.rendering.index:write_reports_index",  # keep last: it links what the others wrote
+}
 
 
 def provenance(command: str) -> str:
@@ -32,6 +38,12 @@ def _version() -> str:
     return __version__
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
     path = Path(path)
@@ -40,6 +52,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
