@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 from memprof.aggregation.step import _targets_for, _warm_up, make_optimizer, profile_step, run_step
 from memprof.models import get_model, get_model_info, list_models
+from memprof.recording.threads import one_thread
 from memprof.recording.estimate import (
     CudaCachingAllocatorModel,
     round_cuda_request,
@@ -18,17 +18,6 @@ from memprof.recording.estimate import (
 
 MiB = 1 << 20
 BATCH = 2
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run on one intra-op thread: on a shared 2-core machine two OpenMP threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,6 +11,7 @@ from torch import nn
 import memprof
 from memprof.models import get_model, get_model_info, list_models, registry
 from memprof.models.vgg import CFGS
+from memprof.recording.threads import one_thread
 from memprof.reversible import ReversibleSequence, set_reversible
 from tests.helpers import rel_err, saved_bytes
 
@@ -30,16 +31,14 @@ DECK_REVVGG = {
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def _single_thread():
     """Run this module's full-size models on one intra-op thread.
 
     On a loaded 2-core machine two OpenMP threads spin-wait on each other: this file then took
     2 minutes instead of 25 s. Restored afterwards.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @functools.lru_cache(maxsize=None)

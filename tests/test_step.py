@@ -23,6 +23,7 @@ from memprof.aggregation.step import (
 from memprof.cli import main
 from memprof.recording.allocations import CpuAllocatorTracker
 from memprof.recording.attribution import Category, StorageTracker, activation_bytes
+from memprof.recording.threads import one_thread
 from memprof.reversible import AdditiveCoupling, ReversibleSequence
 
 MiB = 1 << 20
@@ -31,10 +32,8 @@ MiB = 1 << 20
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One intra-op thread: on a shared 2-core machine two OpenMP threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 def _conv_bn(c: int) -> nn.Module:

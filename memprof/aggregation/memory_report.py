@@ -10,16 +10,15 @@ the measurement. Time figures are ratios only.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..units import MiB, format_bytes
+from ..recording.threads import one_thread
+from ..units import format_bytes
 
 __all__ = ["BATCH_SIZE", "MODELS", "TARGETS", "deterministic_figures", "write_memory_report"]
 
@@ -32,16 +31,6 @@ SEED = {"vgg19": {"activation_mib": 311.75, "param_mib": 78.45},
         "revvgg": {"activation_mib": 51.50, "param_mib": 79.43}}
 TIMING_REPEATS = 3
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries", "inputs", "unattributed")
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _plain_step_times(models: dict[str, torch.nn.Module], repeats: int) -> dict[str, Any]:
@@ -91,10 +80,10 @@ def write_memory_report(out_dir: Path) -> list[Path]:
         The paths written.
     """
     from ..models import get_model
-    from ..reporting import atomic_write_text, provenance
+    from ..reporting import atomic_write_text
     from .step import profile_step
 
-    with _one_thread():
+    with one_thread():
         profiles = {}
         for name in MODELS:
             torch.manual_seed(0)
