@@ -53,6 +53,16 @@ def run_step(model: nn.Module, x: torch.Tensor, seed: int = 0) -> tuple[torch.Te
     return y.detach(), x.grad
 
 
+def assert_twins_agree(rev: nn.Module, plain: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One step of each twin: equal outputs, input and parameter gradients within 1e-5."""
+    y_r, g_r = run_step(rev, x)
+    y_p, g_p = run_step(plain, x)
+    assert torch.equal(y_r, y_p)
+    assert rel_err(g_r, g_p) <= 1e-5
+    assert_same_grads(rev, plain)
+    return y_r
+
+
 def assert_same_grads(a: nn.Module, b: nn.Module, tol: float = 1e-5) -> None:
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert pa.grad is not None and pb.grad is not None, name
@@ -180,11 +190,7 @@ def test_nested_sequences_equal_plain_and_save_only_the_outer_output() -> None:
     model = ReversibleSequence([ChannelZeroPad(4, halves=True), *inner])
     rev, plain = twins(model)
     x = torch.randn(2, 4, 8, 8)
-    y_r, g_r = run_step(rev, x)
-    y_p, g_p = run_step(plain, x)
-    assert torch.equal(y_r, y_p)
-    assert rel_err(g_r, g_p) <= 1e-5
-    assert_same_grads(rev, plain)
+    y_r = assert_twins_agree(rev, plain, x)
     held = saved_bytes(lambda: rev(x.requires_grad_()), rev.parameters())
     assert held == y_r.numel() * 4  # only the outermost output
 
@@ -352,11 +358,7 @@ def test_fully_invertible_stack_equals_plain() -> None:
     )
     rev, plain = twins(model)
     x = torch.randn(2, 3, 8, 8)
-    y_r, g_r = run_step(rev, x)
-    y_p, g_p = run_step(plain, x)
-    assert torch.equal(y_r, y_p)
-    assert rel_err(g_r, g_p) <= 1e-5
-    assert_same_grads(rev, plain)
+    assert_twins_agree(rev, plain, x)
 
 
 def test_state_dicts_identical_and_flag_toggles() -> None:

@@ -26,7 +26,7 @@ def grad_params(module: nn.Module) -> list[nn.Parameter]:
 
 
 def reverse_by_recompute(
-    block: nn.Module, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape, *, y_owned: bool = False
+    block: nn.Module, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape
 ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
     """Rebuild a block's input from its output, then back-propagate through one recomputed forward.
 

@@ -97,15 +97,12 @@ class AdditiveCoupling(InvertibleModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = self._split(x)
-        tape = self._memprof_tape
-        if torch.is_grad_enabled():  # plain autograd: build the graph through cat
-            with tape.record("F"):
-                f = _apply(self.F, "F", x2, x1)
-            y1 = x1 if f is None else x1 + f
-            with tape.record("G"):
-                g = _apply(self.G, "G", y1, x2)
-            y2 = x2 if g is None else x2 + g
+        if torch.is_grad_enabled():
+            # Plain autograd, graph through cat. (The reversible forward always runs without
+            # grad, so RNG is only ever recorded below.)
+            y1, y2 = additive_coupling(x1, x2, self.F, self.G)
             return torch.cat([y1, y2], dim=self.split_dim)
+        tape = self._memprof_tape
         # No graph (the reversible forward, or inference): write both halves straight into the
         # output, without half-size temporaries and a concatenation copy.
         y = torch.empty_like(x)
