@@ -59,6 +59,7 @@ def main() -> int:
     header = (f"{'model':<8} {'batch':>5} {'meas. peak':>12} {'est. peak':>12} {'est/meas':>8} "
               f"{'meas. reserved':>15} {'est. reserved':>14} {'attributed (meas=est)':>24} {'gap':>10} {'step s':>7}")
     print(header)
+    act: dict[tuple[str, int], int] = {}
     for name in args.models.split(","):
         shape = get_model_info(name).input_shape
         for b in map(int, args.batch_sizes.split(",")):
@@ -79,10 +80,15 @@ def main() -> int:
                   f"{mib(m.attributed_peak_bytes) + ('' if same else ' != ' + mib(e.attributed_peak_bytes)):>24} "
                   f"{mib(m.at_peak['unattributed']):>10} {m.step_time_s:>7.3f}"
                   + ("" if ok else f"  FAIL same={same} modules={modules_ok} recompute={recompute_ok} adds_up={adds_up}"))
+            act[(name, b)] = m.activation_peak_bytes
             for ph in ("forward", "backward", "optimizer"):
                 print(f"{'':<14} {ph:<9} measured {mib(m.phases[ph]['peak_bytes'])}, estimated {mib(e.phases[ph]['peak_bytes'])}")
             del model
             torch.cuda.empty_cache()
+    print("\nactivation peak (measured on this GPU, tensor-owned), relative to vgg19's at the same batch:")
+    for (name, b), v in act.items():
+        ref = act.get(("vgg19", b))
+        print(f"  {name:<8} batch {b:>4}: {mib(v):>12}" + (f"  {v / ref:.3f} of vgg19" if ref else ""))
     print("all CUDA checks passed" if failures == 0 else f"{failures} CUDA check(s) FAILED")
     return 1 if failures else 0
 

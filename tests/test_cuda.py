@@ -53,3 +53,94 @@ def test_cuda_hooks_removed_after_error():
     with pytest.raises(Exception, match="boom"):
         profile_step(model, 2, (3, 8, 8), device="cuda")
     assert torch._C._len_torch_dispatch_stack() == 0
+
+
+# --- the reversible engine on the GPU -------------------------------------------------------
+
+
+def _twins(dropout: float = 0.0):
+    import copy
+
+    from memprof.reversible import set_reversible
+    from tests.test_reversible import make_seq
+
+    rev = make_seq(4, c=16, dropout=dropout).cuda()
+    plain = set_reversible(copy.deepcopy(rev), False)
+    return rev, plain
+
+
+def _step(model, x, w, seed=0):
+    x = x.clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    (model(x) * w).sum().backward()  # nothing holds the output: rebuilt in its own memory
+    return x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reversible_gradients_equal_plain_on_cuda(dtype):
+    from tests.helpers import rel_err
+
+    torch.manual_seed(0)
+    rev, plain = (m.to(dtype) for m in _twins())
+    x = torch.randn(4, 16, 8, 8, device="cuda", dtype=dtype)
+    w = torch.randn(16, 8, 8, device="cuda", dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 1e-9
+    assert rel_err(_step(rev, x, w), _step(plain, x, w)) <= tol
+    flat = [torch.cat([p.grad.flatten() for p in m.parameters()]) for m in (rev, plain)]
+    assert rel_err(flat[0], flat[1]) <= tol
+
+
+def test_reversible_dropout_replays_the_cuda_rng():
+    from tests.helpers import rel_err
+
+    torch.manual_seed(1)
+    rev, plain = _twins(dropout=0.2)
+    x = torch.randn(4, 16, 8, 8, device="cuda")
+    w = torch.randn(16, 8, 8, device="cuda")
+    torch.cuda.manual_seed(5)
+    state = torch.cuda.get_rng_state()
+    g_rev = _step(rev, x, w, seed=5)
+    after_rev = torch.cuda.get_rng_state()
+    g_plain = _step(plain, x, w, seed=5)
+    assert rel_err(g_rev, g_plain) <= 1e-5
+    assert not torch.equal(state, after_rev)  # dropout drew numbers...
+    assert torch.equal(after_rev, torch.cuda.get_rng_state())  # ...and backward drew none extra
+
+
+def test_reversible_bf16_autocast_on_cuda_matches_plain():
+    from tests.helpers import rel_err
+
+    torch.manual_seed(2)
+    rev, plain = _twins()
+    x = torch.randn(4, 16, 8, 8, device="cuda")
+    w = torch.randn(16, 8, 8, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        g_rev = _step(rev, x, w)
+        g_plain = _step(plain, x, w)
+    assert rel_err(g_rev, g_plain) <= 2e-2  # bf16 rounding in F and G, float32 stream
+
+
+def test_rebuilding_in_place_saves_one_output_on_cuda():
+    from tests.test_reversible import make_seq
+
+    torch.manual_seed(3)
+    seq = make_seq(2, c=64).cuda()
+    x = torch.randn(8, 64, 32, 32, device="cuda", requires_grad=True)
+    w = torch.randn(64, 32, 32, device="cuda")
+    seq(x).sum().backward()  # warm-up: cuDNN handles and workspaces exist before measuring
+    peaks = {}
+    for held in (False, True):
+        x.grad = None
+        seq.zero_grad(set_to_none=True)
+        out = seq(x)
+        loss = (out * w).sum()
+        keep = out if held else None
+        del out
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        loss.backward()
+        torch.cuda.synchronize()
+        peaks[held] = torch.cuda.max_memory_allocated() - base
+        del keep
+    assert peaks[True] - peaks[False] == x.numel() * 4

@@ -473,3 +473,160 @@ def test_autocast_keeps_the_additive_stream_in_float32() -> None:
         back = seq.inverse(y)
     assert y.dtype == torch.float32
     assert ((back - x.float()).norm() / x.float().norm()).item() <= 1e-2
+
+
+# --- rebuilding in the output's own memory ---------------------------------------------------
+# NOTE [ The last block's output, and when backward may overwrite it ] in sequence.py.
+
+
+def owned_decisions(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record every ownership decision the last node of a chain makes."""
+    from memprof.reversible import sequence
+
+    seen: list[bool] = []
+    real = sequence._sole_holder
+
+    def spy(y: torch.Tensor) -> bool:
+        seen.append(real(y))
+        return seen[-1]
+
+    monkeypatch.setattr(sequence, "_sole_holder", spy)
+    return seen
+
+
+def test_output_nobody_holds_is_rebuilt_in_place_with_exact_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss reads the output through an op that saves nothing of it: x is rebuilt in y's memory."""
+    seen = owned_decisions(monkeypatch)
+    torch.manual_seed(16)
+    rev, plain = twins(make_seq(4))
+    x = torch.randn(2, 8, 6, 6)
+    w = torch.randn(8, 6, 6)
+    grads = []
+    for m in (rev, plain):
+        xi = x.clone().requires_grad_(True)
+        (m(xi) * w).sum().backward()  # mul by a constant saves w, not the output
+        grads.append(xi.grad)
+    assert seen == [True]
+    assert rel_err(grads[0], grads[1]) <= 1e-5
+    assert_same_grads(rev, plain)
+
+
+def test_output_held_elsewhere_is_never_overwritten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held by the user or through a detached alias: backward leaves the output intact."""
+    seen = owned_decisions(monkeypatch)
+    torch.manual_seed(17)
+    seq = make_seq(2)
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    w = torch.randn(8, 4, 4)
+
+    out = seq(x)  # the user keeps the output
+    before = out.detach().clone()
+    (out * w).sum().backward()
+    assert seen == [False] and torch.equal(out.detach(), before)
+
+    out = seq(x)
+    snap = out.detach()  # only an alias on the same memory survives
+    snap_before = snap.clone()
+    loss = (out * w).sum()
+    del out
+    loss.backward()
+    assert seen == [False, False] and torch.equal(snap, snap_before)
+
+    loss = (seq(x) * w).sum()  # nothing else holds it: rebuilt in place, except while the graph is kept
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert seen == [False, False, True]
+
+
+def test_ownership_is_the_same_with_and_without_saved_tensor_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision must not depend on memprof's hooks: a profile would otherwise show other memory."""
+    from memprof.recording.attribution import StorageTracker
+
+    seen = owned_decisions(monkeypatch)
+    torch.manual_seed(18)
+    seq = make_seq(2)
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    w = torch.randn(8, 4, 4)
+
+    def step() -> None:
+        out = seq(x)
+        loss = (out * w).sum()
+        held = out if len(seen) % 2 else None  # every other run the user keeps the output
+        del out
+        loss.backward()
+        del held
+
+    for _ in range(4):
+        step()
+    plain, seen[:] = list(seen), []
+    tracker = StorageTracker(seq, None, [x])
+    with tracker.track():
+        for _ in range(4):
+            step()
+    hooked = list(seen)
+    seen.clear()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        for _ in range(4):
+            step()
+    assert plain == hooked == seen == [True, False, True, False]
+
+
+def test_save_on_cpu_hooks_apply_to_the_kept_output() -> None:
+    torch.manual_seed(19)
+    rev, plain = twins(make_seq(2))
+    x = torch.randn(2, 8, 4, 4)
+    with torch.autograd.graph.save_on_cpu():
+        y_r, g_r = run_step(rev, x)
+    y_p, g_p = run_step(plain, x)
+    assert torch.equal(y_r, y_p) and rel_err(g_r, g_p) <= 1e-5
+    assert_same_grads(rev, plain)
+
+
+def test_output_modified_in_place_before_backward_is_an_error() -> None:
+    seq = make_seq(2)
+    out = seq(torch.randn(2, 8, 4, 4, requires_grad=True))
+    loss = out.sum()
+    with torch.no_grad():
+        out.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place after the forward"):
+        loss.backward()
+
+
+def test_rebuilding_in_place_saves_one_output_of_memory() -> None:
+    """Allocator peak of the backward: one output-sized tensor less when nobody holds the output."""
+    from memprof.recording.allocations import CpuAllocatorTracker
+
+    torch.manual_seed(20)
+    seq = make_seq(2, c=64)
+    x = torch.randn(8, 64, 16, 16, requires_grad=True)
+    w = torch.randn(64, 16, 16)
+    peaks = {}
+    for held in (False, True):
+        out = seq(x)
+        loss = (out * w).sum()
+        keep = out if held else None
+        del out
+        tracker = CpuAllocatorTracker()
+        with tracker.track():
+            loss.backward()
+        peaks[held] = tracker.result.peak_increase
+        del keep
+        x.grad = None
+        seq.zero_grad(set_to_none=True)
+    assert peaks[True] - peaks[False] == x.numel() * 4
+
+
+def test_branches_that_pass_the_gradient_straight_through() -> None:
+    """Identity branches hand autograd's incoming gradient back unchanged: it must not be reused."""
+    torch.manual_seed(21)
+    for F, G in [(nn.Identity(), conv_bn_relu(4)), (conv_bn_relu(4), nn.Identity()), (nn.Identity(), nn.Identity())]:
+        rev, plain = twins(ReversibleSequence([AdditiveCoupling(F, G), AdditiveCoupling(conv_bn_relu(4), None)]))
+        x = torch.randn(2, 8, 5, 5)
+        w = torch.randn(8, 5, 5)
+        grads = []
+        for m in (rev, plain):
+            xi = x.clone().requires_grad_(True)
+            (m(xi) * w).sum().backward()
+            grads.append(xi.grad)
+        assert rel_err(grads[0], grads[1]) <= 1e-5
+        assert_same_grads(rev, plain)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.grad_mode import _unsafe_preserve_version_counter
 
 from ._state import NULL_TAPE, RngTape
 from .base import InvertibleModule, ParamGrads, grad_params
@@ -31,6 +32,48 @@ def _add_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None) -> Non
         out.copy_(a)
     else:
         torch.add(a, b, out=out)
+
+
+def _sum_into_fresh(fresh: torch.Tensor | None, other: torch.Tensor, avoid: torch.Tensor) -> torch.Tensor:
+    """fresh + other, written into ``fresh`` when that is safe, else a new tensor.
+
+    ``fresh`` is a gradient that autograd.grad just returned to us; it is reused unless it shares
+    memory with ``avoid`` (a gradient passed straight through, e.g. by an identity branch) or is
+    not a dense tensor with a buffer of its own. ``fresh + other`` and ``other + fresh`` are the same floats.
+    """
+    if fresh is None:
+        return other
+    if (
+        fresh.is_contiguous()
+        and fresh.untyped_storage().nbytes() == fresh.numel() * fresh.element_size()
+        and fresh.shape == other.shape
+        and fresh.dtype == other.dtype
+        and fresh.untyped_storage()._cdata != avoid.untyped_storage()._cdata
+    ):
+        return fresh.add_(other)
+    return fresh + other
+
+
+def _probe_edges_as_outputs() -> bool:
+    """Whether torch.autograd.grad accepts gradient edges as outputs (torch >= 2.4 or so)."""
+    try:
+        a = torch.ones(1, requires_grad=True)
+        with torch.enable_grad():
+            b = a * 2
+        torch.autograd.grad(torch.autograd.graph.get_gradient_edge(b), a, torch.ones(1))
+        return True
+    except (AttributeError, TypeError, RuntimeError):
+        return False
+
+
+#: probed once at import, outside any FakeTensorMode, so estimates and measurements agree
+_EDGES_AS_OUTPUTS = _probe_edges_as_outputs()
+
+
+def _gradient_root(out: torch.Tensor) -> torch.Tensor | torch.autograd.graph.GradientEdge:
+    """What autograd.grad differentiates for ``out``: its gradient edge where supported, so that
+    dropping ``out`` frees its memory before the backward (autograd keeps it if a node saved it)."""
+    return torch.autograd.graph.get_gradient_edge(out) if _EDGES_AS_OUTPUTS else out
 
 
 def additive_coupling(
@@ -127,22 +170,30 @@ class AdditiveCoupling(InvertibleModule):
         """Algorithm 1 of the deck (Gomez et al. 2017), with one recomputation of F and G.
 
         The inverse and the backward share the recomputed G(y1) and F(x2): each is evaluated
-        once with grad, differentiated, and then used to rebuild its half of the input. With
+        once with grad, used to rebuild its half of the input, and then differentiated. With
         ``y_owned`` (nobody else holds ``y``) the input is rebuilt in y's own memory.
         """
         # NOTE [ Memory of one reverse step ]
-        # Alive at the peak: y (rebuilt in place into x when we own it), grad_y (autograd's),
-        # grad_x (written half by half, no temporaries), and the graph of one recomputed F or G.
-        # Each half of x is written only after the graph that read the old half has been
-        # differentiated: the halves are views of one tensor and share its version counter, so
-        # an earlier in-place write would (rightly) fail autograd's saved-tensor check.
+        # Alive at the peak: y (rebuilt in place into x when we own it, else x beside it),
+        # grad_y (autograd's), grad_x, and the graph of one recomputed F or G. Three orderings
+        # keep that set small (measured on revvgg at batch 128, issue 4):
+        # - each half of x is written as soon as G(y1) (resp. F(x2)) is computed, and the
+        #   branch output is then dropped before its backward: autograd.grad gets the output's
+        #   gradient edge, not the tensor, so the output's memory (one half) is free during the
+        #   backward unless the branch's last op saved it (then autograd keeps it, rightly);
+        # - grad_x is allocated last, when no recomputed graph is alive: until then z1_bar, the
+        #   gradient F's backward needs, lives in the buffer autograd returned for dG/dz1
+        #   (_sum_into_fresh), half the size of grad_x;
+        # - the halves of x are views of one tensor and share its version counter, so writing one
+        #   half while the recomputed graph holds the other would fail autograd's saved-tensor
+        #   check at the backward. The halves never overlap, so there is nothing for the check
+        #   to catch: the write is made under _unsafe_preserve_version_counter, which puts the
+        #   counter back (PyTorch's tool for exactly this; FSDP2 uses it for its buffers).
         dim = self.split_dim
         y1, y2 = self._split(y)
         gy1, gy2 = torch.chunk(grad_y, 2, dim=dim)
         x = y if y_owned else torch.empty_like(y)
         x1, x2 = torch.chunk(x, 2, dim=dim)
-        grad_x = torch.empty_like(grad_y)
-        z1_bar, x2_bar = torch.chunk(grad_x, 2, dim=dim)
         pairs: list[tuple[nn.Parameter, torch.Tensor | None]] = []
 
         # Steps 2-3, 5 and 9: z1 = y1; x2 = y2 - G(z1); z1_bar = y1_bar + dG/dz1^T y2_bar.
@@ -152,36 +203,46 @@ class AdditiveCoupling(InvertibleModule):
             with torch.enable_grad(), tape.replay("G"):
                 g = _apply(self.G, "G", z1, y2)
             assert g is not None
-            grads = torch.autograd.grad(g, [z1, *params], gy2, allow_unused=True)
-            _add_into(z1_bar, gy1, grads[0])
-            pairs.extend(zip(params, grads[1:]))
-            del grads, z1
-            torch.sub(y2, g.detach(), out=x2)
+            with _unsafe_preserve_version_counter(x):  # G's graph saved z1, a view of y (= x if owned)
+                torch.sub(y2, g.detach(), out=x2)
+            root = _gradient_root(g)
             del g
+            grads = torch.autograd.grad(root, [z1, *params], gy2, allow_unused=True)
+            del root, z1
+            z1_bar = _sum_into_fresh(grads[0], gy1, grad_y)
+            pairs.extend(zip(params, grads[1:]))
+            del grads
         else:
-            z1_bar.copy_(gy1)
+            z1_bar = gy1
             if not y_owned:
                 x2.copy_(y2)
 
         # Steps 4, 6 and 8: x1 = z1 - F(x2); x2_bar = y2_bar + dF/dx2^T z1_bar.
+        grads_x2: torch.Tensor | None = None
         if self.F is not None:
             params = grad_params(self.F)
             x2_leaf = x2.detach().requires_grad_(True)
             with torch.enable_grad(), tape.replay("F"):
                 f = _apply(self.F, "F", x2_leaf, y1)
             assert f is not None
-            grads = torch.autograd.grad(f, [x2_leaf, *params], z1_bar, allow_unused=True)
-            _add_into(x2_bar, gy2, grads[0])
-            pairs.extend(zip(params, grads[1:]))
-            del grads, x2_leaf
-            torch.sub(y1, f.detach(), out=x1)
+            with _unsafe_preserve_version_counter(x):  # F's graph saved x2_leaf, a view of x
+                torch.sub(y1, f.detach(), out=x1)
+            root = _gradient_root(f)
             del f
-        else:
-            x2_bar.copy_(gy2)
-            if not y_owned:
-                x1.copy_(y1)
+            grads = torch.autograd.grad(root, [x2_leaf, *params], z1_bar, allow_unused=True)
+            del root, x2_leaf
+            grads_x2 = grads[0]
+            pairs.extend(zip(params, grads[1:]))
+            del grads
+        elif not y_owned:
+            x1.copy_(y1)
 
-        # Step 7: x1_bar = z1_bar (already in place in grad_x).
+        # Step 7: x1_bar = z1_bar. grad_x is allocated only now, when no recomputed graph is alive.
+        grad_x = torch.empty_like(grad_y)
+        x1_bar, x2_bar = torch.chunk(grad_x, 2, dim=dim)
+        x1_bar.copy_(z1_bar)
+        del z1_bar
+        _add_into(x2_bar, gy2, grads_x2)
         return x, grad_x, pairs
 
     def extra_repr(self) -> str:

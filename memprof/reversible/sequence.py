@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -103,6 +104,71 @@ def _rebound_parameters(slots: list[tuple[nn.Module, str, torch.Tensor]]) -> Ite
             m._parameters[name] = current
 
 
+# NOTE [ The last block's output, and when backward may overwrite it ]
+# The node of the last block keeps the sequence's output for backward. It does not use
+# ctx.save_for_backward: backward wants to rebuild the last block's input in that output's own
+# memory when nothing else holds it (16 MiB less at revvgg's peak at batch 128), and with a
+# saved-tensor hook installed (memprof's tracker, save_on_cpu) nothing tells from inside backward
+# whether the user or another node still holds the tensor autograd saved. So the node keeps its
+# own alias of the output (a detached view: no graph, so no reference cycle), passed through the
+# saved-tensor hooks in force, exactly as save_for_backward would (an offloading hook offloads
+# it; memprof sees it as saved). In backward, once the alias is unpacked and released, the
+# output's memory is ours alone when its storage has no other user
+# (torch._C._storage_Use_Count) and the graph is not being kept (retain_graph=False); then x is
+# rebuilt in it. In every other case x gets memory of its own, as before. An in-place change of
+# the output between forward and backward is an error, as it is for saved tensors.
+
+
+class _SavedOutput:
+    """The output of a chain's last block, kept for backward through the saved-tensor hooks."""
+
+    __slots__ = ("_alias", "_packed", "_unpack", "_version")
+
+    def __init__(self, y: torch.Tensor) -> None:
+        alias = y.detach()
+        self._version = y._version
+        self._alias = weakref.ref(alias)
+        hooks = _saved_tensor_hooks()
+        if hooks is None:
+            self._packed: Any = alias
+            self._unpack: Any = None
+        else:
+            self._packed, self._unpack = hooks[0](alias), hooks[1]
+
+    def unpack(self) -> torch.Tensor:
+        y = self._packed if self._unpack is None else self._unpack(self._packed)
+        if y is self._alias() and y._version != self._version:
+            raise RuntimeError(
+                "ReversibleSequence: the output of the sequence was modified in place after the "
+                f"forward (version {self._version} -> {y._version}); backward needs it unchanged "
+                "to rebuild the activations. Clone it before modifying it."
+            )
+        return y
+
+
+@torch.compiler.disable  # dynamo breaks the graph around each node anyway (NOTE in test_reversible)
+def _saved_tensor_hooks() -> tuple[Any, Any] | None:
+    """The (pack, unpack) hooks a tensor saved now would go through, or None."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top(False) if top is not None else None
+
+
+def _keep_graph() -> bool:
+    """Whether the running backward keeps the graph (retain_graph=True); True when unknown."""
+    fn = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if fn is None else bool(fn())
+
+
+def _sole_holder(y: torch.Tensor) -> bool:
+    """True when ``y`` is the only tensor on its storage and covers all of it."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None or not y.is_contiguous() or y.storage_offset() != 0:
+        return False
+    st = y.untyped_storage()
+    # the Python storage object made here holds one reference of its own
+    return st.nbytes() == y.numel() * y.element_size() and use_count(st._cdata) == 2
+
+
 class _ReversibleBlockFunction(torch.autograd.Function):
     """One block of a reversible chain: runs it without a graph; backward rebuilds its input."""
 
@@ -124,8 +190,7 @@ class _ReversibleBlockFunction(torch.autograd.Function):
         ctx.versions = [p._version for p in params]
         ctx.slots = _parameter_slots(block)
         ctx.is_last = position == chain.last
-        if ctx.is_last:
-            ctx.save_for_backward(y)
+        ctx.output = _SavedOutput(y) if ctx.is_last else None
         return y
 
     @staticmethod
@@ -133,15 +198,18 @@ class _ReversibleBlockFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         chain: _Chain = ctx.chain
         if ctx.is_last:
-            owned = False  # the saved output is also the sequence's output: never overwrite it
-            try:
-                (y,) = ctx.saved_tensors
-            except RuntimeError as exc:
+            saved: _SavedOutput | None = ctx.output
+            if saved is None:
                 raise RuntimeError(
                     "ReversibleSequence: backward was called a second time through the same "
                     "forward, after its saved output had been freed. Call "
                     "backward(retain_graph=True) the first time to back-propagate twice."
-                ) from exc
+                )
+            y = saved.unpack()
+            keep = _keep_graph()
+            if not keep:
+                ctx.output = saved = None
+            owned = not keep and _sole_holder(y)
         else:
             y, owned = chain.stash.pop(ctx.position, (None, False))
             if y is None:
@@ -162,7 +230,7 @@ class _ReversibleBlockFunction(torch.autograd.Function):
                 x, grad_x, pairs = block.reverse(y, grad_y, ctx.tape, y_owned=owned)
             else:
                 x, grad_x, pairs = reverse_by_recompute(block, y, grad_y, ctx.tape)
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.position > 0:  # the chain's first input is nobody's output
             # x may be a view of y (ChannelZeroPad's inverse is a slice): then it is ours to
             # overwrite only if y was.
             shares = x.untyped_storage()._cdata == y.untyped_storage()._cdata
