@@ -13,7 +13,7 @@ Two ratios are printed:
 - total: the whole ``measure_step`` call (installing and removing hooks, starting and stopping
   the profiler, replaying its memory events) over a plain step: the fixed cost of one profile.
 
-Usage: python benchmarks/profiler_overhead.py [--models vgg19,revvgg] [--batch-size 16] [--repeats 3] [--threads 1]
+Usage: python benchmarks/profiler_overhead.py [--models vgg19,revvgg] [--batch-sizes 16,128] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -59,19 +59,21 @@ def measure_model(name: str, batch_size: int, repeats: int) -> tuple[float, floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="vgg19,revvgg,irevvgg", help="comma-separated (default: vgg19,revvgg,irevvgg)")
-    ap.add_argument("--batch-size", type=int, default=16, help="default: 16")
+    ap.add_argument("--batch-sizes", default="16,128",
+                    help="comma-separated (default: 16,128; the overhead is per op, so its share falls with the batch)")
     ap.add_argument("--repeats", type=int, default=3, help="alternating plain/measured pairs (default: 3)")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"CPU, batch {args.batch_size}, SGD, fastest of {args.repeats} alternating pairs; "
+    print(f"CPU, SGD, fastest of {args.repeats} alternating pairs; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':<10} {'plain s':>9} {'measured step s':>16} {'step ratio':>11} {'total s':>9} "
+    print(f"{'model':<10} {'batch':>6} {'plain s':>9} {'measured step s':>16} {'step ratio':>11} {'total s':>9} "
           f"{'total ratio':>12} {'step ratio (CPU time)':>22}")
-    for name in args.models.split(","):
-        plain, step, total, plain_cpu, step_cpu = measure_model(name, args.batch_size, args.repeats)
-        print(f"{name:<10} {plain:>9.3f} {step:>16.3f} {step / plain:>11.3f} {total:>9.3f} "
-              f"{total / plain:>12.3f} {step_cpu / plain_cpu:>22.3f}")
+    for batch_size in map(int, args.batch_sizes.split(",")):
+        for name in args.models.split(","):
+            plain, step, total, plain_cpu, step_cpu = measure_model(name, batch_size, args.repeats)
+            print(f"{name:<10} {batch_size:>6} {plain:>9.3f} {step:>16.3f} {step / plain:>11.3f} {total:>9.3f} "
+                  f"{total / plain:>12.3f} {step_cpu / plain_cpu:>22.3f}", flush=True)
 
 
 if __name__ == "__main__":
