@@ -630,3 +630,21 @@ def test_branches_that_pass_the_gradient_straight_through() -> None:
             grads.append(xi.grad)
         assert rel_err(grads[0], grads[1]) <= 1e-5
         assert_same_grads(rev, plain)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_inside_torch_utils_checkpoint(use_reentrant: bool) -> None:
+    """Checkpointing a reversible sequence: its saved output goes through checkpoint's hooks."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(22)
+    rev, plain = twins(make_seq(2))
+    x = torch.randn(2, 8, 4, 4)
+    w = torch.randn(8, 4, 4)
+    grads = []
+    for m in (rev, plain):
+        xi = x.clone().requires_grad_(True)
+        (checkpoint(m, xi, use_reentrant=use_reentrant) * w).sum().backward()
+        grads.append(xi.grad)
+    assert rel_err(grads[0], grads[1]) <= 1e-5
+    assert_same_grads(rev, plain)

@@ -144,15 +144,19 @@ def _tensors(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tens
     return out
 
 
+def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[tuple[torch.UntypedStorage, int]]:
+    """(storage, storage key) of each tensor that has a storage."""
+    for t in tensors:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError, TypeError):
+            continue
+        yield st, st._cdata
+
+
 def _storage_keys(args: Any, kwargs: Any) -> set[int]:
     """The storage keys of the tensors in an op's arguments."""
-    keys: set[int] = set()
-    for t in _tensors(args, _tensors(kwargs) if kwargs else None):
-        try:
-            keys.add(t.untyped_storage()._cdata)
-        except (RuntimeError, NotImplementedError, TypeError):
-            pass
-    return keys
+    return {key for _, key in _storages(_tensors(args, _tensors(kwargs) if kwargs else None))}
 
 
 def _writes(func: Any) -> bool:
@@ -424,12 +428,7 @@ class StorageTracker(TorchDispatchMode):
         # storage is untracked. Same events as _after_write(), fewer Python calls per op.
         refs = self._refs
         in_keys: set[int] | None = None
-        for t in (out,) if isinstance(out, torch.Tensor) else _tensors(out):
-            try:
-                st = t.untyped_storage()
-            except (RuntimeError, NotImplementedError, TypeError):
-                continue
-            key = st._cdata
+        for st, key in _storages((out,) if isinstance(out, torch.Tensor) else _tensors(out)):
             ref = refs.get(key)
             if ref is not None and ref() is not None:
                 continue
@@ -445,24 +444,14 @@ class StorageTracker(TorchDispatchMode):
         refs = self._refs
         in_keys: set[int] = set()
         checked: set[int] = set()
-        for t in _tensors(args, _tensors(kwargs) if kwargs else None):
-            try:
-                st = t.untyped_storage()
-            except (RuntimeError, NotImplementedError, TypeError):
-                continue
-            key = st._cdata
+        for st, key in _storages(_tensors(args, _tensors(kwargs) if kwargs else None)):
             in_keys.add(key)
             ref = refs.get(key)
             if ref is not None and ref() is not None and key not in checked:
                 checked.add(key)
                 self._check_size(st)
         # an in-place op returns its argument: checked above already (a check is idempotent)
-        for t in (out,) if isinstance(out, torch.Tensor) else _tensors(out):
-            try:
-                st = t.untyped_storage()
-            except (RuntimeError, NotImplementedError, TypeError):
-                continue
-            key = st._cdata
+        for st, key in _storages((out,) if isinstance(out, torch.Tensor) else _tensors(out)):
             if key in checked:
                 continue
             if self._known(key):
