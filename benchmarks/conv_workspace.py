@@ -18,25 +18,11 @@ import argparse
 import torch
 from tabulate import tabulate
 
-from memprof.recording.allocations import CpuAllocatorTracker
+from memprof.recording.allocations import conv_backward_scratch
 from memprof.units import format_bytes
 
 #: (in channels, out channels, height = width): layers of revvgg's and vgg19's stages.
 SHAPES = [(3, 64, 32), (64, 64, 32), (64, 64, 16), (64, 128, 16), (128, 128, 8), (256, 256, 4), (512, 512, 2)]
-
-
-def measure(cin: int, cout: int, hw: int, batch: int) -> tuple[int, int, int]:
-    """(input bytes, output-gradient tensors' bytes, allocator peak inside the backward)."""
-    conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-    x = torch.randn(batch, cin, hw, hw, requires_grad=True)
-    y = conv(x)
-    g = torch.randn_like(y)
-    tracker = CpuAllocatorTracker()
-    with tracker.track():
-        y.backward(g)
-    assert tracker.result is not None
-    outputs = x.grad.untyped_storage().nbytes() + conv.weight.grad.untyped_storage().nbytes()
-    return x.untyped_storage().nbytes(), outputs, tracker.result.peak_increase
 
 
 def main() -> None:
@@ -49,10 +35,10 @@ def main() -> None:
           f"oneDNN {'on' if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled else 'off'}")
     rows = []
     for cin, cout, hw in SHAPES:
-        inp, outs, peak = measure(cin, cout, hw, args.batch_size)
-        scratch = peak - outs
-        rows.append([f"{cin}->{cout}, {hw}x{hw}", format_bytes(inp, "MiB"), format_bytes(outs, "MiB"),
-                     format_bytes(peak, "MiB"), format_bytes(scratch, "MiB"), f"{scratch / inp:.2f}"])
+        m = conv_backward_scratch(cin, cout, hw, args.batch_size)
+        rows.append([f"{cin}->{cout}, {hw}x{hw}", format_bytes(m.input_bytes, "MiB"), format_bytes(m.tensor_bytes, "MiB"),
+                     format_bytes(m.peak_bytes, "MiB"), format_bytes(m.scratch_bytes, "MiB"),
+                     f"{m.scratch_bytes / m.input_bytes:.2f}"])
     print(tabulate(rows, headers=["conv 3x3", "input", "grad tensors", "allocator peak in backward",
                                   "scratch (no tensor)", "scratch / input"], tablefmt="github",
                    disable_numparse=True))

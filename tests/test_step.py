@@ -257,3 +257,13 @@ def test_cli_subprocess_no_traceback():
     r = subprocess.run([sys.executable, "-m", "memprof", "fit", "vgg19", "--memory", "16 parsecs"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_conv_backward_scratch_is_measured_at_the_allocator():
+    from memprof.recording.allocations import conv_backward_scratch
+
+    m = conv_backward_scratch(8, 8, 8, 4)
+    assert m.input_bytes == 4 * 8 * 8 * 8 * 4
+    assert m.tensor_bytes == m.input_bytes + 8 * 8 * 9 * 4  # input gradient + weight gradient
+    assert m.peak_bytes >= m.tensor_bytes
+    assert m.scratch_bytes == m.peak_bytes - m.tensor_bytes >= 0

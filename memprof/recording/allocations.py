@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["AllocatorResult", "CpuAllocatorTracker", "CudaAllocatorTracker", "make_allocator_tracker"]
+__all__ = [
+    "AllocatorResult",
+    "ConvScratch",
+    "CpuAllocatorTracker",
+    "CudaAllocatorTracker",
+    "conv_backward_scratch",
+    "make_allocator_tracker",
+]
 
 _PHASE_PREFIX = "memprof::"
 
@@ -213,3 +220,42 @@ def make_allocator_tracker(device: torch.device) -> CpuAllocatorTracker | CudaAl
     if device.type == "cuda":
         return CudaAllocatorTracker(device)
     raise ValueError(f"cannot measure allocator peaks on device {device}; allowed: cpu, cuda")
+
+
+@dataclass
+class ConvScratch:
+    """What one CPU convolution backward allocates (see :func:`conv_backward_scratch`).
+
+    Attributes:
+        input_bytes: the layer's input.
+        tensor_bytes: the gradient tensors the op returns (input and weight gradients).
+        peak_bytes: the allocator's peak inside the backward, above the bytes live before it.
+    """
+
+    input_bytes: int
+    tensor_bytes: int
+    peak_bytes: int
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Memory the op held at its peak that no returned tensor owns (kernel workspace)."""
+        return self.peak_bytes - self.tensor_bytes
+
+
+def conv_backward_scratch(in_channels: int, out_channels: int, size: int, batch_size: int) -> ConvScratch:
+    """Measure the workspace of one 3x3 convolution's backward on the CPU, at the allocator.
+
+    On x86 CPUs PyTorch runs the convolution with oneDNN, whose backward reorders the input and
+    the output gradient into a blocked layout: buffers that no tensor owns, which the step
+    profiler reports as ``unattributed`` when the step's peak falls inside such a backward.
+    """
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+    x = torch.randn(batch_size, in_channels, size, size, requires_grad=True)
+    y = conv(x)
+    grad = torch.randn_like(y)
+    tracker = CpuAllocatorTracker()
+    with tracker.track():
+        y.backward(grad)
+    assert tracker.result is not None and x.grad is not None and conv.weight.grad is not None
+    tensors = x.grad.untyped_storage().nbytes() + conv.weight.grad.untyped_storage().nbytes()
+    return ConvScratch(x.untyped_storage().nbytes(), tensors, tracker.result.peak_increase)
