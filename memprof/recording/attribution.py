@@ -95,11 +95,16 @@ def activation_bytes(by_category: dict[str, Any]) -> Any:
     return total - sum(by_category[c.value] for c in STATE_CATEGORIES)
 
 
+#: What ``Tensor.untyped_storage()`` raises for a tensor without a plain storage (sparse,
+#: nested, some subclasses); such tensors are not tracked.
+_NO_STORAGE: tuple[type[Exception], ...] = (RuntimeError, NotImplementedError, TypeError)
+
+
 def storage_key(t: torch.Tensor) -> int | None:
     """An id for the untyped storage behind ``t`` (None for tensors without one)."""
     try:
         return t.untyped_storage()._cdata
-    except (RuntimeError, NotImplementedError, TypeError):
+    except _NO_STORAGE:
         return None
 
 
@@ -144,19 +149,29 @@ def _tensors(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tens
     return out
 
 
+def _arg_tensors(args: Any, kwargs: Any) -> list[torch.Tensor]:
+    """The tensors among an op's arguments."""
+    return _tensors(args, _tensors(kwargs) if kwargs else None)
+
+
+def _out_tensors(out: Any) -> Iterable[torch.Tensor]:
+    """The tensors an op returned (most ops return exactly one)."""
+    return (out,) if isinstance(out, torch.Tensor) else _tensors(out)
+
+
 def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[tuple[torch.UntypedStorage, int]]:
     """(storage, storage key) of each tensor that has a storage."""
     for t in tensors:
         try:
             st = t.untyped_storage()
-        except (RuntimeError, NotImplementedError, TypeError):
+        except _NO_STORAGE:
             continue
         yield st, st._cdata
 
 
 def _storage_keys(args: Any, kwargs: Any) -> set[int]:
     """The storage keys of the tensors in an op's arguments."""
-    return {key for _, key in _storages(_tensors(args, _tensors(kwargs) if kwargs else None))}
+    return {key for _, key in _storages(_arg_tensors(args, kwargs))}
 
 
 def _writes(func: Any) -> bool:
@@ -373,11 +388,8 @@ class StorageTracker(TorchDispatchMode):
     def _pack(self, t: torch.Tensor) -> Any:
         if not self._active:
             return t
-        try:
-            key = t.untyped_storage()._cdata
-        except (RuntimeError, NotImplementedError, TypeError):
-            return t
-        ref = self._refs.get(key)
+        key = storage_key(t)
+        ref = self._refs.get(key) if key is not None else None
         if ref is None or ref() is None:
             return t
         count = self._saved_count.get(key, 0)
@@ -428,7 +440,7 @@ class StorageTracker(TorchDispatchMode):
         # storage is untracked. Same events as _after_write(), fewer Python calls per op.
         refs = self._refs
         in_keys: set[int] | None = None
-        for st, key in _storages((out,) if isinstance(out, torch.Tensor) else _tensors(out)):
+        for st, key in _storages(_out_tensors(out)):
             ref = refs.get(key)
             if ref is not None and ref() is not None:
                 continue
@@ -444,14 +456,14 @@ class StorageTracker(TorchDispatchMode):
         refs = self._refs
         in_keys: set[int] = set()
         checked: set[int] = set()
-        for st, key in _storages(_tensors(args, _tensors(kwargs) if kwargs else None)):
+        for st, key in _storages(_arg_tensors(args, kwargs)):
             in_keys.add(key)
             ref = refs.get(key)
             if ref is not None and ref() is not None and key not in checked:
                 checked.add(key)
                 self._check_size(st)
         # an in-place op returns its argument: checked above already (a check is idempotent)
-        for st, key in _storages((out,) if isinstance(out, torch.Tensor) else _tensors(out)):
+        for st, key in _storages(_out_tensors(out)):
             if key in checked:
                 continue
             if self._known(key):

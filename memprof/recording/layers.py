@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..reversible import ReversibleSequence
+from .attribution import storage_key
 
 __all__ = [
     "COUNTED_KINDS",
@@ -182,13 +183,6 @@ def _contains_reversible(module: nn.Module) -> bool:
     return any(_is_reversible_seq(m) for m in module.modules())
 
 
-def _storage_key(t: torch.Tensor) -> int | None:
-    try:
-        return t.untyped_storage()._cdata
-    except (RuntimeError, NotImplementedError, TypeError):  # sparse, nested, ...
-        return None
-
-
 @dataclass
 class _Frame:
     module: nn.Module
@@ -314,7 +308,7 @@ class _Recorder:
             row.out_channels = row.output_shapes[0][1]
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(t)
+        key = storage_key(t)
         if key is None or key in self.excluded or key in self.seen:
             return t
         self.seen.add(key)
@@ -396,7 +390,7 @@ def record_layers(
     """
     dev = torch.device(device)
     subs = _substitutes(model, dev, dtype)
-    excluded = {k for k in (_storage_key(t) for t in subs.values()) if k is not None}
+    excluded = {k for k in (storage_key(t) for t in subs.values()) if k is not None}
     recorder = _Recorder(model, depth, excluded)
     x = make_input(input_shape, batch_size, dtype, dev)
     handles = []
