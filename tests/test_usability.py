@@ -518,9 +518,12 @@ def test_compare_plot_has_a_legend_and_labels_that_do_not_overlap():
     canvas.draw()
     renderer = canvas.get_renderer()
     ax = fig.axes[0]
-    assert ax.get_legend() is not None
+    legend = ax.get_legend()
+    assert legend is not None
+    named = " ".join(t.get_text() for t in legend.get_texts())
+    for strategy in result.to_dataframe()["strategy"]:
+        assert strategy in named, (strategy, named)
     boxes = [t.get_window_extent(renderer) for t in ax.texts if t.get_text()]
-    assert boxes
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not a.overlaps(b), (a, b)
