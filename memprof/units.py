@@ -6,18 +6,11 @@ import re
 
 import torch
 
-__all__ = ["KiB", "MiB", "GiB", "format_bytes", "parse_bytes", "to_mib", "dtype_size", "parse_dtype", "DTYPES"]
+__all__ = ["KiB", "MiB", "GiB", "format_bytes", "parse_bytes", "to_mib", "dtype_size"]
 
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
-
-#: dtype names accepted on the command line and in the API.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 _UNITS = {
     "": 1, "b": 1,
@@ -83,22 +76,6 @@ def parse_bytes(text: str | int) -> int:
     if nbytes <= 0:
         raise ValueError(f"memory size must be positive, got {text!r}")
     return nbytes
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Map a dtype name (``float32``, ``bfloat16``, ``float16``) to ``torch.dtype``.
-
-    Raises:
-        ValueError: for a name outside :data:`DTYPES`, listing the allowed ones.
-    """
-    if isinstance(name, torch.dtype):
-        if name not in DTYPES.values():
-            raise ValueError(f"unsupported dtype {name}; allowed: {', '.join(DTYPES)}")
-        return name
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}") from None
 
 
 def dtype_size(dtype: torch.dtype) -> int:

@@ -152,7 +152,7 @@ def test_findings_say_where_checkpointing_wins():
     res = StrategyComparison(
         [row("plain", 100, 50 * mib, 90 * mib, 1.0), row("checkpoint-sqrt", 100, 20 * mib, 60 * mib, 1.3),
          row("reversible", 120, 10 * mib, 70 * mib, 1.8)],
-        batch_size=8, mode="estimate", device="cpu", dtype="float32", optimizer="sgd", repeats=3)
+        batch_size=8, mode="estimated", device="cpu", dtype="float32", optimizer="sgd", repeats=3)
     f = res.findings()
     assert ("checkpoint-sqrt beats reversible on step peak (60.00 MiB vs 70.00 MiB), step time (1.30x plain vs "
             "1.80x plain), parameters (100 vs 120).") in f
@@ -223,7 +223,7 @@ def test_cli_compare_bad_input(tmp_path, capsys, argv, message):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_offload_on_cuda_saves_device_memory():
-    res = compare_strategies("offload", batch_size=64, mode="measure", device="cuda", repeats=1)
+    res = compare_strategies("offload", batch_size=64, mode="measured", device="cuda", repeats=1)
     rows = {r["strategy"]: r for r in res.rows}
     assert rows["offload"]["activation_peak_bytes"] < 0.5 * rows["plain"]["activation_peak_bytes"]
     assert rows["offload"]["peak_bytes"] < rows["plain"]["peak_bytes"]

@@ -22,15 +22,14 @@ from memprof.aggregation.sweep import (  # noqa: E402
     STATUS_OOM,
     STATUS_SKIPPED,
     SweepResult,
-    check_output_dir,
     check_sweep_args,
     is_out_of_memory,
-    parse_batch_sizes,
     sweep,
 )
 from memprof.aggregation.table import layer_table  # noqa: E402
 from memprof.cli import main  # noqa: E402
 from memprof.errors import UsageError  # noqa: E402
+from memprof.validation import check_output_dir, parse_batch_sizes  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
@@ -178,7 +177,7 @@ def test_out_of_memory_becomes_a_row_and_the_sweep_goes_on(monkeypatch):
         return {f: 1000 * b for f in FIGURES}
 
     monkeypatch.setattr(sweep_mod, "_measure_row", fake_row)
-    res = sweep("vgg19,revvgg", "2,4,8", mode="measure", progress=False)
+    res = sweep("vgg19,revvgg", "2,4,8", mode="measured", progress=False)
     df = res.to_dataframe()
     assert list(df["status"]) == [STATUS_OK, STATUS_OOM, STATUS_SKIPPED, STATUS_OK, STATUS_OK, STATUS_OK]
     assert calls == [("vgg19", 2), ("vgg19", 4), ("revvgg", 2), ("revvgg", 4), ("revvgg", 8)]
@@ -189,7 +188,7 @@ def test_out_of_memory_becomes_a_row_and_the_sweep_goes_on(monkeypatch):
     # in estimate mode (or for another error) nothing is swallowed
     monkeypatch.setattr(sweep_mod, "_measure_row", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
     with pytest.raises(RuntimeError):
-        sweep("vgg19", "1", mode="estimate", progress=False)
+        sweep("vgg19", "1", mode="estimated", progress=False)
 
 
 # -- CLI -----------------------------------------------------------------------------------------------

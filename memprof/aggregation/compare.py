@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import UsageError, check_choice, check_positive_int
+from ..validation import UsageError, check_choice, check_positive_int, parse_mode, parse_names
+from ..vocabulary import Mode, dtype_name
 from ..rendering.tables import RenderedResult
 from ..units import format_bytes
 
@@ -94,19 +95,16 @@ STRATEGIES: dict[str, StrategyInfo] = {
     )
 }
 
-MODES: tuple[str, ...] = ("estimate", "measure")
-
-
 def list_strategies() -> list[str]:
     """The strategy names, in display order."""
     return list(STRATEGIES)
 
 
-def default_strategies(mode: str = "estimate", device: str | torch.device = "cpu") -> list[str]:
+def default_strategies(mode: str = Mode.ESTIMATED, device: str | torch.device = "cpu") -> list[str]:
     """Every strategy that can run with this mode and device (offload: measured on CUDA only)."""
     dev = torch.device(device)
     return [s for s, info in STRATEGIES.items()
-            if not info.needs_cuda or (dev.type == "cuda" and mode == "measure")]
+            if not info.needs_cuda or (dev.type == "cuda" and mode == Mode.MEASURED)]
 
 
 def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
@@ -144,7 +142,7 @@ class CompareArgs:
 
     strategies: list[str]
     batch_size: int
-    mode: str
+    mode: Mode
     device: torch.device
     dtype: torch.dtype
     optimizer: str
@@ -155,7 +153,7 @@ class CompareArgs:
 def check_compare_args(
     strategies: str | Sequence[str] | None = None,
     batch_size: Any = 32,
-    mode: str = "estimate",
+    mode: str = Mode.ESTIMATED,
     device: str = "cpu",
     dtype: str = "float32",
     optimizer: str = "sgd",
@@ -170,21 +168,20 @@ def check_compare_args(
         UsageError: naming the bad value and the allowed ones.
     """
     from .step import check_step_args
-    from .sweep import parse_names
 
-    check_choice("mode", mode, MODES)
-    if str(device).startswith("cuda") and not torch.cuda.is_available() and (timing or mode == "measure"):
+    mode = parse_mode(mode)
+    if str(device).startswith("cuda") and not torch.cuda.is_available() and (timing or mode is Mode.MEASURED):
         raise UsageError(f"device {device!r} is not available here: step times and measured memory need it; "
                          "use --device cpu, or --estimate --no-time")
     batch_size, _, optimizer, dt, dev = check_step_args(
-        batch_size, (3, 32, 32), optimizer, dtype, device, mode == "estimate" and not timing)
+        batch_size, (3, 32, 32), optimizer, dtype, device, mode is Mode.ESTIMATED and not timing)
     repeats = check_positive_int("repeats", repeats)
     if strategies is None:
         names = default_strategies(mode, dev)
     else:
         names = parse_names(strategies, "strategy", list_strategies())
     for name in names:
-        if STRATEGIES[name].needs_cuda and (dev.type != "cuda" or mode != "measure"):
+        if STRATEGIES[name].needs_cuda and (dev.type != "cuda" or mode is not Mode.MEASURED):
             allowed = ", ".join(default_strategies(mode, dev))
             raise UsageError(
                 f"strategy {name!r} needs --measure on a CUDA device (save_on_cpu moves saved tensors "
@@ -282,7 +279,7 @@ class StrategyComparison(RenderedResult):
 
     rows: list[dict[str, Any]]
     batch_size: int
-    mode: str
+    mode: Mode
     device: str
     dtype: str
     optimizer: str
@@ -293,7 +290,7 @@ class StrategyComparison(RenderedResult):
     @property
     def kind(self) -> str:
         """``estimated`` or ``measured``: the label of the memory figures."""
-        return "estimated" if self.mode == "estimate" else "measured"
+        return str(self.mode)
 
     @property
     def title(self) -> str:
@@ -374,7 +371,7 @@ class StrategyComparison(RenderedResult):
         notes = [
             f"activation peak: live bytes of one steady-state training step other than parameters, "
             f"gradients and optimizer state ({self.kind}"
-            + (", tensor-owned bytes under FakeTensorMode" if self.mode == "estimate" else "") + "); "
+            + (", tensor-owned bytes under FakeTensorMode" if self.mode == Mode.ESTIMATED else "") + "); "
             "step peak: all live bytes at the step's peak; ratios are to plain's figure.",
         ]
         if timed:
@@ -452,7 +449,7 @@ def compare_strategies(
     strategies: str | Sequence[str] | None = None,
     batch_size: int = 32,
     *,
-    mode: str = "estimate",
+    mode: str = Mode.ESTIMATED,
     device: str = "cpu",
     dtype: str = "float32",
     optimizer: str = "sgd",
@@ -467,7 +464,7 @@ def compare_strategies(
             default: every strategy this mode and device can run (:func:`default_strategies`).
             ``plain``, the reference of the ratios, is added first when missing.
         batch_size: samples per step.
-        mode: ``estimate`` (memory under FakeTensorMode, default) or ``measure`` (allocator
+        mode: ``estimated`` (memory under FakeTensorMode, default) or ``measured`` (allocator
             peaks of a real step). Step times are always measured.
         device: ``cpu`` or ``cuda``.
         dtype: ``float32``, ``bfloat16`` or ``float16``.
@@ -499,7 +496,7 @@ def compare_strategies(
             models[name] = build_strategy(name)
             profiles[name] = profile_step(
                 models[name], args.batch_size, shape, optimizer=args.optimizer, dtype=args.dtype,
-                device=args.device, estimate=args.mode == "estimate", name=name)
+                device=args.device, estimate=args.mode is Mode.ESTIMATED, name=name)
             bar.update(1)
         times: dict[str, list[float]] = {}
         if args.timing:
@@ -540,7 +537,7 @@ def compare_strategies(
     if not any(STRATEGIES[s].needs_cuda for s in args.strategies):
         notes.append("offload (save_on_cpu) is not shown: it needs --measure on a CUDA device.")
     return StrategyComparison(rows, args.batch_size, args.mode, str(args.device),
-                              str(args.dtype).replace("torch.", ""), args.optimizer, args.repeats, notes, profiles)
+                              dtype_name(args.dtype), args.optimizer, args.repeats, notes, profiles)
 
 
 # -- reports ---------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import UsageError, check_choice, check_positive_int
+from ..validation import UsageError, check_device, check_optimizer, check_positive_int, parse_dtype
 from ..recording.allocations import AllocatorResult, CpuAllocatorTracker, CudaAllocatorTracker, make_allocator_tracker
 from ..recording.attribution import (
     STATE_CATEGORIES,
@@ -36,7 +36,8 @@ from ..recording.attribution import (
     Timeline,
     activation_bytes,
 )
-from ..units import format_bytes, parse_dtype
+from ..units import format_bytes
+from ..vocabulary import OPTIMIZERS, PHASES, Mode, dtype_name
 
 __all__ = [
     "OPTIMIZERS",
@@ -48,10 +49,6 @@ __all__ = [
     "run_step",
 ]
 
-#: Optimizers a profile can use; the deck's recipe is SGD with momentum 0.9.
-OPTIMIZERS = ("sgd", "adam")
-MODES = ("measured", "estimated")
-PHASES = ("forward", "backward", "optimizer")
 
 
 def make_optimizer(name: str, params: Any) -> torch.optim.Optimizer:
@@ -60,7 +57,7 @@ def make_optimizer(name: str, params: Any) -> torch.optim.Optimizer:
     Raises:
         UsageError: for another name, listing the allowed ones.
     """
-    check_choice("optimizer", name, OPTIMIZERS)
+    check_optimizer(name)
     if name == "sgd":
         return torch.optim.SGD(params, lr=0.1, momentum=0.9)
     return torch.optim.Adam(params, lr=1e-3)
@@ -258,7 +255,7 @@ class StepProfile:
     def _frames(self) -> tuple[Any, Any, Any]:
         import pandas as pd
 
-        kind = "measured" if self.mode == "measured" else "estimated"
+        kind = str(self.mode)
         summary = [
             ("model", self.model),
             ("batch size", str(self.batch_size)),
@@ -463,7 +460,7 @@ def build_profile(
         model=name,
         batch_size=batch_size,
         device=str(device),
-        dtype=str(dtype).replace("torch.", ""),
+        dtype=dtype_name(dtype),
         optimizer=optimizer,
         mode=mode,
         peak_bytes=int(peak),
@@ -495,20 +492,9 @@ def check_step_args(
     if input_shape is None or len(input_shape) == 0:
         raise UsageError("input shape is required for a model that is not registered, e.g. --input-shape 3,32,32")
     shape = tuple(check_positive_int("input shape dimension", d) for d in input_shape)
-    check_choice("optimizer", optimizer, OPTIMIZERS)
-    try:
-        dt = parse_dtype(dtype)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N") from None
-    check_choice("device type", dev.type, ("cpu", "cuda"))
-    if dev.type == "cuda" and not estimate and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} requested but CUDA is not available; use --estimate or --device cpu")
-    if dev.type == "cuda" and dev.index is None and not estimate:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    check_optimizer(optimizer)
+    dt = parse_dtype(dtype)
+    dev = check_device(device, needs_cuda_here=not estimate)
     return batch_size, shape, optimizer, dt, dev
 
 
@@ -522,7 +508,7 @@ def _warm_up(
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(
             f"the model rejects an input of shape {tuple(x.shape[1:])} (batch {x.shape[0]}, "
-            f"{str(x.dtype).replace('torch.', '')}, {x.device.type}): {msg}"
+            f"{dtype_name(x.dtype)}, {x.device.type}): {msg}"
         ) from None
     targets = make_targets(out)
     loss = compute_loss(out, targets)
@@ -618,7 +604,7 @@ def profile_step(
             record = measure_step(work, opt, x, targets)
         profile = build_profile(
             record, name=name, batch_size=batch_size, input_shape=shape, device=dev, dtype=dt,
-            optimizer=optimizer, mode="estimated", simulate_cuda=dev.type == "cuda",
+            optimizer=optimizer, mode=Mode.ESTIMATED, simulate_cuda=dev.type == "cuda",
         )
         if trace_dev != dev:
             profile.notes.append("no GPU here: the step was traced with CPU kernels (NOTE [ CUDA estimates without a GPU ])")
@@ -632,7 +618,7 @@ def profile_step(
     record = measure_step(work, opt, x, targets, allocator=make_allocator_tracker(dev))
     return build_profile(
         record, name=name, batch_size=batch_size, input_shape=shape, device=dev, dtype=dt,
-        optimizer=optimizer, mode="measured",
+        optimizer=optimizer, mode=Mode.MEASURED,
     )
 
 

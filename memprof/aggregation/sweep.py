@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import UsageError, check_choice
+from ..validation import check_output_dir, parse_batch_sizes, parse_mode, parse_names
+from ..vocabulary import Mode, dtype_name
 from ..rendering.tables import RenderedResult
 from ..units import format_bytes
 
@@ -36,13 +37,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BATCH_SIZES",
     "DEFAULT_MODELS",
-    "MODES",
     "SweepResult",
-    "check_output_dir",
     "check_sweep_args",
     "is_out_of_memory",
-    "parse_batch_sizes",
-    "parse_names",
     "sweep",
     "write_sweep_reports",
 ]
@@ -51,9 +48,6 @@ __all__ = [
 DEFAULT_MODELS: tuple[str, ...] = ("vgg19", "revvgg", "irevvgg")
 #: The default batch sizes: a factor of 8 apart, 1 to 512 (12 estimates, under a minute on 2 cores).
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 8, 64, 512)
-#: ``estimate``: FakeTensorMode, nothing allocated (default); ``measure``: a real step.
-MODES: tuple[str, ...] = ("estimate", "measure")
-
 #: The figures of a row, each also given as a saving against the first model.
 FIGURES: tuple[str, ...] = ("seed_activation_bytes", "saved_bytes", "activation_peak_bytes", "peak_bytes")
 
@@ -62,127 +56,13 @@ STATUS_OK = "ok"
 STATUS_OOM = "out of memory"
 STATUS_SKIPPED = "skipped: a smaller batch ran out of memory"
 
-_BATCH_MAX = 1 << 24
-
-
-# -- argument parsing ----------------------------------------------------------------------------
-
-
-def parse_names(value: str | Sequence[str], what: str, allowed: Sequence[str]) -> list[str]:
-    """``"a,b"`` or ``["a", "b"]`` -> checked, de-duplicated-refusing list of names.
-
-    Raises:
-        UsageError: for an empty list, an unknown name (listing the allowed ones) or a repeat.
-    """
-    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
-    if not parts or any(p == "" for p in parts):
-        raise UsageError(f"{what}s {value!r} must be a comma-separated list of names; allowed: {', '.join(allowed)}")
-    for p in parts:
-        check_choice(what, p, allowed)
-    dup = sorted({p for p in parts if parts.count(p) > 1})
-    if dup:
-        raise UsageError(f"{what} {dup[0]!r} is listed twice in {value!r}")
-    return parts
-
-
-# NOTE [ Batch-size progressions ]
-# "--batch-sizes 1,2,4,...,1024" is accepted as the issue writes it: "..." continues the terms
-# before it up to the term after it. The progression is geometric (integer ratio of the first
-# two terms) when it lands exactly on the last term, else arithmetic when that lands on it;
-# every term written before "..." must belong to the chosen progression. Anything else is an
-# error that says what to write, never a silent guess: "1,2,...,10" is 1..10 (geometric would
-# miss 10), "1,2,...,8" is 1,2,4,8 (geometric first), "1,3,...,10" is refused.
-def parse_batch_sizes(value: str | int | Sequence[int]) -> list[int]:
-    """Parse batch sizes: ``"1,8,64"``, ``"1,2,4,...,1024"`` (NOTE [ Batch-size progressions ]).
-
-    Args:
-        value: comma-separated positive integers, optionally with one ``...``; or integers.
-
-    Returns:
-        The batch sizes in the order given.
-
-    Raises:
-        UsageError: for an empty or malformed list, a non-positive or repeated size, or a
-            progression that does not reach its last term.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if isinstance(value, str):
-        parts = [p.strip() for p in value.split(",")]
-    else:
-        parts = [str(v).strip() for v in value]
-    hint = "e.g. 1,8,64,512 or 1,2,4,...,1024"
-    if not parts or parts == [""]:
-        raise UsageError(f"batch sizes {value!r} are empty; give positive integers separated by commas, {hint}")
-    if parts.count("...") > 1 or (parts.count("...") == 1 and not (parts.index("...") >= 2 and parts.index("...") == len(parts) - 2)):
-        raise UsageError(f"batch sizes {value!r}: '...' needs two or more sizes before it and one after, {hint}")
-    nums: list[int] = []
-    for p in parts:
-        if p == "...":
-            continue
-        if not re.fullmatch(r"[0-9]+", p) or int(p) <= 0:
-            raise UsageError(f"batch size {p!r} in {value!r} is not a positive integer; {hint}")
-        nums.append(int(p))
-    if any(n > _BATCH_MAX for n in nums):
-        raise UsageError(f"batch size {max(nums)} in {value!r} is above the limit {_BATCH_MAX}")
-    if "..." in parts:
-        nums = _expand(nums[:-1], nums[-1], str(value))
-    dup = sorted({n for n in nums if nums.count(n) > 1})
-    if dup:
-        raise UsageError(f"batch size {dup[0]} is listed twice in {value!r}")
-    return nums
-
-
-def _expand(head: list[int], last: int, text: str) -> list[int]:
-    a, b = head[0], head[1]
-    candidates: list[list[int]] = []
-    if b % a == 0 and b // a >= 2:
-        seq, r = [a], b // a
-        while seq[-1] < last:
-            seq.append(seq[-1] * r)
-        candidates.append(seq)
-    if b > a:
-        candidates.append(list(range(a, last + 1, b - a)))
-    for seq in candidates:
-        if seq and seq[-1] == last and seq[: len(head)] == head:
-            return seq
-    raise UsageError(
-        f"batch sizes {text!r}: the sizes before '...' do not continue to {last} by a constant ratio "
-        "or step; list the sizes, or write e.g. 1,2,4,...,1024 or 16,32,48,...,128"
-    )
-
-
-def check_output_dir(out: str | Path) -> Path:
-    """Check that ``out`` is (or can be created as) a writable directory, before any work.
-
-    Creates the directory if missing (a probe file is written and removed).
-
-    Raises:
-        UsageError: naming the directory and why it cannot be written.
-    """
-    import os
-    import tempfile
-
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"output directory {str(out)!r} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".memprof-probe.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"output directory {str(out)!r} cannot be written: {exc.strerror or exc}") from None
-    return path
-
-
 @dataclass(frozen=True)
 class SweepArgs:
     """Checked arguments of :func:`sweep`."""
 
     models: list[str]
     batch_sizes: list[int]
-    mode: str
+    mode: Mode
     device: torch.device
     dtype: torch.dtype
     optimizer: str
@@ -191,7 +71,7 @@ class SweepArgs:
 def check_sweep_args(
     models: str | Sequence[str] = DEFAULT_MODELS,
     batch_sizes: str | Sequence[int] = DEFAULT_BATCH_SIZES,
-    mode: str = "estimate",
+    mode: str = Mode.ESTIMATED,
     device: str = "cpu",
     dtype: str = "float32",
     optimizer: str = "sgd",
@@ -206,9 +86,9 @@ def check_sweep_args(
 
     names = parse_names(models, "model", list_models())
     sizes = parse_batch_sizes(batch_sizes)
-    check_choice("mode", mode, MODES)
-    _, _, opt, dt, dev = check_step_args(1, (3, 32, 32), optimizer, dtype, device, mode == "estimate")
-    return SweepArgs(names, sizes, mode, dev, dt, opt)
+    checked_mode = parse_mode(mode)
+    _, _, opt, dt, dev = check_step_args(1, (3, 32, 32), optimizer, dtype, device, checked_mode is Mode.ESTIMATED)
+    return SweepArgs(names, sizes, checked_mode, dev, dt, opt)
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -238,13 +118,13 @@ class SweepResult(RenderedResult):
         rows: dicts with ``model``, ``batch_size``, ``status``, the :data:`FIGURES` (bytes,
             None where the step did not run) and ``<figure>_saving_pct`` against the first model.
         models, batch_sizes: what was swept; the first model is the savings' reference.
-        mode: ``estimate`` or ``measure``; device, dtype, optimizer: of the training steps.
+        mode: ``estimated`` or ``measured``; device, dtype, optimizer: of the training steps.
     """
 
     rows: list[dict[str, Any]]
     models: list[str]
     batch_sizes: list[int]
-    mode: str
+    mode: Mode
     device: str
     dtype: str
     optimizer: str
@@ -292,7 +172,7 @@ class SweepResult(RenderedResult):
     @property
     def kind(self) -> str:
         """``estimated`` or ``measured``: the label of the step figures."""
-        return "estimated" if self.mode == "estimate" else "measured"
+        return str(self.mode)
 
     @property
     def title(self) -> str:
@@ -306,7 +186,7 @@ class SweepResult(RenderedResult):
             f"seed conv.: the deck's convention (output elements of conv, BN, pool and linear layers per "
             f"sample x batch x element size); autograd-saved: bytes autograd saves in one forward "
             f"(meta-device pass, exact sizes); step peak and activation peak: one steady-state training "
-            f"step, {self.kind}" + (" (tensor-owned bytes, FakeTensorMode)" if self.mode == "estimate" else "")
+            f"step, {self.kind}" + (" (tensor-owned bytes, FakeTensorMode)" if self.mode == Mode.ESTIMATED else "")
             + "; activation peak = live bytes other than parameters, gradients and optimizer state.",
             f"saving: 1 - figure / {self.reference}'s figure at the same batch size.",
             "MiB = 2^20 bytes (the deck's 'MB' are MiB).",
@@ -369,10 +249,9 @@ def _measure_row(name: str, model: torch.nn.Module, b: int, args: SweepArgs) -> 
     from .step import profile_step
     from .table import layer_table
 
-    dtype_name = str(args.dtype).replace("torch.", "")
-    table = layer_table(name, batch_size=b, dtype=dtype_name)
+    table = layer_table(name, batch_size=b, dtype=dtype_name(args.dtype))
     prof = profile_step(model, b, tuple(get_model_info(name).input_shape), optimizer=args.optimizer,
-                        dtype=args.dtype, device=args.device, estimate=args.mode == "estimate", name=name)
+                        dtype=args.dtype, device=args.device, estimate=args.mode is Mode.ESTIMATED, name=name)
     return {
         "seed_activation_bytes": table.totals.activation_bytes,
         "saved_bytes": table.totals.saved_bytes,
@@ -385,7 +264,7 @@ def sweep(
     models: str | Sequence[str] = DEFAULT_MODELS,
     batch_sizes: str | Sequence[int] = DEFAULT_BATCH_SIZES,
     *,
-    mode: str = "estimate",
+    mode: str = Mode.ESTIMATED,
     device: str = "cpu",
     dtype: str = "float32",
     optimizer: str = "sgd",
@@ -401,7 +280,7 @@ def sweep(
         models: registered names, ``"vgg19,revvgg"`` or a list; the first is the reference.
         batch_sizes: ``"1,8,64"``, ``"1,2,4,...,1024"`` (NOTE [ Batch-size progressions ]) or
             a list of integers.
-        mode: ``estimate`` (FakeTensorMode: nothing allocated, default) or ``measure``.
+        mode: ``estimated`` (FakeTensorMode: nothing allocated, default) or ``measured``.
         device: ``cpu`` or ``cuda`` (a CUDA estimate applies the caching-allocator model).
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         optimizer: ``sgd`` (momentum 0.9, the deck's) or ``adam``.
@@ -436,7 +315,7 @@ def sweep(
                     try:
                         row.update(_measure_row(name, model, b, args))
                     except Exception as exc:  # noqa: BLE001 - only out-of-memory is caught
-                        if args.mode != "measure" or not is_out_of_memory(exc):
+                        if args.mode is not Mode.MEASURED or not is_out_of_memory(exc):
                             raise
                         row["status"], failed = STATUS_OOM, True
                         _free_memory(args.device)
@@ -451,10 +330,10 @@ def sweep(
         for f in FIGURES:
             r[f"{f}_saving_pct"] = None if r["model"] == args.models[0] else _saving(r[f], ref[r["batch_size"]][f])
     notes = []
-    if args.mode == "measure" and args.device.type == "cpu":
+    if args.mode is Mode.MEASURED and args.device.type == "cpu":
         notes.append("Measured on the CPU: peaks are the c10 CPU allocator's (torch.profiler memory events).")
     return SweepResult(rows, args.models, args.batch_sizes, args.mode, str(args.device),
-                       str(args.dtype).replace("torch.", ""), args.optimizer, notes)
+                       dtype_name(args.dtype), args.optimizer, notes)
 
 
 # -- reports ---------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import UsageError, check_choice, check_positive_int
-from ..rendering.tables import FORMATS, Format, format_count, render_csv, render_json, render_sections, render_table
+from ..validation import UsageError, check_choice, check_format, check_non_negative_int, check_positive_int, parse_input_shape
+from ..vocabulary import DTYPES, dtype_name
+from ..rendering.tables import Format, format_count, render_csv, render_json, render_sections, render_table
 from ..seed import SeedRow, SeedTable, get_seed_table, parse_shape
-from ..units import DTYPES, MiB, dtype_size, format_bytes
+from ..units import MiB, dtype_size, format_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -288,7 +289,7 @@ def build_layer_table(
     return LayerTable(
         model=recording.model_name,
         batch_size=recording.batch_size,
-        dtype=_dtype_name(recording.dtype),
+        dtype=dtype_name(recording.dtype),
         depth=recording.depth,
         device=recording.device,
         rows=rows,
@@ -297,13 +298,6 @@ def build_layer_table(
         seed=comparison,
         extra_notes=list(notes),
     )
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    for name, d in DTYPES.items():
-        if d == dtype:
-            return name
-    return str(dtype).replace("torch.", "")
 
 
 # -- the seed comparison -----------------------------------------------------------------------
@@ -728,7 +722,7 @@ class LayerTable:
         Raises:
             memprof.errors.UsageError: for an unknown format.
         """
-        fmt = check_choice("format", fmt, FORMATS)
+        fmt = check_format(fmt)
         return {"text": self.to_text, "markdown": self.to_markdown, "csv": self.to_csv,
                 "json": self.to_json}[fmt]()
 
@@ -754,25 +748,6 @@ class TableArgs:
     seed_note: str | None
 
 
-def parse_input_shape(value: Any) -> tuple[int, ...]:
-    """``"3,32,32"`` or ``(3, 32, 32)`` -> ``(3, 32, 32)``.
-
-    Raises:
-        memprof.errors.UsageError: unless it is one or more positive integers.
-    """
-    text = value if isinstance(value, str) else None
-    try:
-        parts = [p for p in value.replace("x", ",").split(",")] if text is not None else list(value)
-        shape = tuple(int(str(p).strip()) for p in parts)
-        if not shape or any(v <= 0 for v in shape) or any(isinstance(p, bool) for p in parts):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise UsageError(
-            f"input shape {value!r} must be positive integers separated by commas, e.g. 3,32,32"
-        ) from None
-    return shape
-
-
 def check_table_args(
     model: str | nn.Module | None,
     input_shape: Any = None,
@@ -792,19 +767,13 @@ def check_table_args(
     from ..recording.layers import DEVICES
 
     batch_size = check_positive_int("batch size", batch_size)
-    dtype_name = dtype if isinstance(dtype, str) else _dtype_name(dtype)
-    check_choice("dtype", dtype_name, DTYPES)
+    name_of_dtype = dtype_name(dtype)
+    check_choice("dtype", name_of_dtype, DTYPES)
     check_choice("device", device, DEVICES)
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("device 'cuda' is not available here; allowed: meta, cpu")
     if depth is not None:
-        if isinstance(depth, bool) or not isinstance(depth, int):
-            try:
-                depth = int(str(depth))
-            except ValueError:
-                raise UsageError(f"depth must be a non-negative integer, got {depth!r}") from None
-        if depth < 0:
-            raise UsageError(f"depth must be a non-negative integer, got {depth!r}")
+        depth = check_non_negative_int("depth", depth)
     seed = None
     seed_note = None
     if isinstance(model, str):
@@ -839,7 +808,7 @@ def check_table_args(
         module = model
     else:
         raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
-    return TableArgs(module, name, shape, batch_size, DTYPES[dtype_name], depth, device, seed, seed_note)
+    return TableArgs(module, name, shape, batch_size, DTYPES[name_of_dtype], depth, device, seed, seed_note)
 
 
 def layer_table(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..units import DTYPES
+from ..vocabulary import DTYPES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..units import DTYPES
+from ..vocabulary import DTYPES
 
 FORMATS = ("text", "markdown", "json")
 
@@ -43,7 +43,7 @@ def resolve_model(spec: str, input_shape: str | None) -> tuple[object, str, tupl
     A registered model is returned by name and built only by :func:`build_model`, after the
     arguments have been checked.
     """
-    from ..aggregation.table import parse_input_shape
+    from ..validation import parse_input_shape
     from ..models import get_model_info
     from ._common import load_model
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..rendering.tables import FORMATS
-from ..units import DTYPES
+from ..vocabulary import DTYPES, FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

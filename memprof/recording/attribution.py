@@ -27,7 +27,6 @@ import contextlib
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,8 @@ import torch
 from torch import nn
 from torch.autograd import _enable_record_function
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..vocabulary import STATE_CATEGORIES, TRACKED_CATEGORIES, Category
 
 __all__ = [
     "Category",
@@ -44,33 +45,6 @@ __all__ = [
     "activation_bytes",
     "storage_key",
 ]
-
-
-class Category(str, Enum):
-    """Where a live byte belongs. ``unattributed`` is what the allocator saw and no tensor owns."""
-
-    PARAMETERS = "parameters"
-    GRADIENTS = "gradients"
-    OPTIMIZER_STATE = "optimizer_state"
-    ACTIVATIONS = "activations"
-    TEMPORARIES = "temporaries"
-    INPUTS = "inputs"
-    UNATTRIBUTED = "unattributed"
-
-
-#: Categories that persist across steps (model and optimizer state); everything else is what
-#: the "activation peak" counts.
-STATE_CATEGORIES: tuple[Category, ...] = (Category.PARAMETERS, Category.GRADIENTS, Category.OPTIMIZER_STATE)
-
-#: The categories a tracker attributes (all but ``unattributed``), in display order.
-TRACKED_CATEGORIES: tuple[Category, ...] = (
-    Category.PARAMETERS,
-    Category.GRADIENTS,
-    Category.OPTIMIZER_STATE,
-    Category.ACTIVATIONS,
-    Category.TEMPORARIES,
-    Category.INPUTS,
-)
 
 
 # NOTE [ The activation peak, defined once ]

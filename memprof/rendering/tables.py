@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from enum import Enum
 from typing import TYPE_CHECKING, Any
+
+from ..validation import check_format
+from ..vocabulary import FORMATS, Format
 
 if TYPE_CHECKING:  # pandas is imported lazily: `import memprof` stays light
     import pandas as pd
@@ -28,18 +30,6 @@ __all__ = [
     "render_sections",
 ]
 
-
-class Format(str, Enum):
-    """Output formats every table verb accepts."""
-
-    TEXT = "text"
-    MARKDOWN = "markdown"
-    CSV = "csv"
-    JSON = "json"
-
-
-#: The accepted ``--format`` values.
-FORMATS: tuple[str, ...] = tuple(f.value for f in Format)
 
 Formatter = Callable[[Any], str]
 
@@ -108,9 +98,7 @@ def render_table(
     Raises:
         memprof.errors.UsageError: for an unknown format.
     """
-    from ..errors import check_choice
-
-    fmt = Format(check_choice("format", str(getattr(fmt, "value", fmt)), FORMATS))
+    fmt = Format(check_format(fmt))
     if fmt is Format.CSV:
         return render_csv(df)
     if fmt is Format.JSON:
@@ -195,8 +183,6 @@ class RenderedResult:
         Raises:
             memprof.errors.UsageError: for an unknown format.
         """
-        from ..errors import check_choice
-
-        fmt = check_choice("format", fmt, ("text", "markdown", "csv", "json"))
+        fmt = check_format(fmt)
         return {"text": self.to_text, "markdown": self.to_markdown, "csv": self.to_csv,
                 "json": self.to_json}[fmt]()
