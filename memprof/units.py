@@ -1,12 +1,14 @@
-"""Units, decided once: bytes internally, MiB/GiB (2**20, 2**30) on display, labelled as such."""
+"""Units, decided once: bytes internally, MiB/GiB (2**20, 2**30) on display, labelled as such; counts with separators."""
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Any
 
 import torch
 
-__all__ = ["KiB", "MiB", "GiB", "format_bytes", "parse_bytes", "to_mib", "dtype_size"]
+__all__ = ["KiB", "MiB", "GiB", "dtype_size", "format_bytes", "format_count", "is_blank", "parse_bytes", "to_mib"]
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -81,3 +83,19 @@ def parse_bytes(text: str | int) -> int:
 def dtype_size(dtype: torch.dtype) -> int:
     """Bytes per element of ``dtype``."""
     return torch.empty((), dtype=dtype, device="meta").element_size()
+
+
+def format_count(value: Any) -> str:
+    """An integer with thousands separators (``20,565,834``); blanks for None/NaN."""
+    if is_blank(value):
+        return ""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.2f}"
+    return f"{int(value):,}"
+
+
+def is_blank(value: Any) -> bool:
+    """None, NaN or pandas' NA: a cell shown empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return type(value).__name__ in ("NAType", "NaTType")  # pandas.NA in nullable columns

@@ -13,6 +13,7 @@ import torch
 
 __all__ = [
     "Category",
+    "Word",
     "DTYPES",
     "Format",
     "FORMATS",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class _Word(str, Enum):
+class Word(str, Enum):
     """A string enum that prints as its value (``f"{Mode.MEASURED}" == "measured"``)."""
 
     def __str__(self) -> str:
@@ -39,7 +40,7 @@ class _Word(str, Enum):
         return format(str(self.value), spec)
 
 
-class Category(_Word):
+class Category(Word):
     """Where a live byte belongs. ``unattributed`` is what the allocator saw and no tensor owns."""
 
     PARAMETERS = "parameters"
@@ -66,7 +67,7 @@ TRACKED_CATEGORIES: tuple[Category, ...] = (
 )
 
 
-class Mode(_Word):
+class Mode(Word):
     """How a memory figure was obtained: measured at an allocator, or estimated without memory."""
 
     MEASURED = "measured"
@@ -77,7 +78,7 @@ class Mode(_Word):
 MODES: tuple[str, ...] = tuple(m.value for m in Mode)
 
 
-class Phase(_Word):
+class Phase(Word):
     """The phases of one training step, in the order they run."""
 
     FORWARD = "forward"
@@ -88,7 +89,7 @@ class Phase(_Word):
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 
 
-class Format(_Word):
+class Format(Word):
     """Output formats of every result's ``render(format)``."""
 
     TEXT = "text"
@@ -101,7 +102,7 @@ class Format(_Word):
 FORMATS: tuple[str, ...] = tuple(f.value for f in Format)
 
 
-class Optimizer(_Word):
+class Optimizer(Word):
     """Optimizers a training step can use; the deck's recipe is SGD with momentum 0.9."""
 
     SGD = "sgd"

@@ -16,17 +16,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from memprof.aggregation.compare import (  # noqa: E402
-    REPORT_BATCH_SIZE,
-    STRATEGIES,
-    StrategyComparison,
-    build_strategy,
-    check_compare_args,
-    compare_strategies,
-    default_strategies,
-    list_strategies,
-    time_strategies,
-)
+from memprof.aggregation.compare import STRATEGIES, default_strategies, list_strategies  # noqa: E402
+from memprof.api.compare import build_strategy, check_compare_args, compare_strategies, time_strategies  # noqa: E402
+from memprof.rendering.compare import StrategyComparison  # noqa: E402
+from memprof.reports.compare import REPORT_BATCH_SIZE  # noqa: E402
 from memprof.cli import main  # noqa: E402
 from memprof.errors import UsageError  # noqa: E402
 from memprof.models import get_model  # noqa: E402
@@ -177,7 +170,7 @@ def test_time_strategies_interleaves_rounds():
 def test_cli_compare_end_to_end(tmp_path, capsys, monkeypatch):
     # real memory estimates; step times stubbed (VGG-19 steps are slow on 2 cores; the timing
     # mechanics are tested above and for real by the notebook test)
-    from memprof.aggregation import compare as compare_mod
+    from memprof.api import compare as compare_mod
 
     monkeypatch.setattr(compare_mod, "time_strategies",
                         lambda models, *a, **k: {n: [0.2 * (i + 1)] * 3 for i, n in enumerate(models)})

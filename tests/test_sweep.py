@@ -13,20 +13,17 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from memprof.aggregation import sweep as sweep_mod  # noqa: E402
-from memprof.aggregation.sweep import (  # noqa: E402
+from memprof.aggregation.sweep import FIGURES, STATUS_OK, STATUS_OOM, STATUS_SKIPPED  # noqa: E402
+from memprof.api import sweep as sweep_mod  # noqa: E402
+from memprof.api.sweep import (  # noqa: E402
     DEFAULT_BATCH_SIZES,
     DEFAULT_MODELS,
-    FIGURES,
-    STATUS_OK,
-    STATUS_OOM,
-    STATUS_SKIPPED,
-    SweepResult,
     check_sweep_args,
     is_out_of_memory,
     sweep,
 )
-from memprof.aggregation.table import layer_table  # noqa: E402
+from memprof.api.table import layer_table  # noqa: E402
+from memprof.rendering.sweep import SweepResult  # noqa: E402
 from memprof.cli import main  # noqa: E402
 from memprof.errors import UsageError  # noqa: E402
 from memprof.validation import check_output_dir, parse_batch_sizes  # noqa: E402
@@ -257,7 +254,7 @@ def test_report_sweep_csv_is_current(small):
 
 
 def test_reports_readme_links_every_report():
-    from memprof.rendering.index import REPORT_DESCRIPTIONS, render_reports_index
+    from memprof.reports.index import REPORT_DESCRIPTIONS, render_reports_index
 
     readme = REPORTS / "README.md"
     assert readme.exists(), "reports/README.md is missing: run `memprof report readme`"

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import memprof
-from memprof.aggregation.table import write_table_reports
+from memprof.reports.tables import write_table_reports
 from memprof.cli import main
 from memprof.errors import UsageError
 from memprof.models import get_model, list_models

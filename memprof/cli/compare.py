@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..vocabulary import DTYPES, Mode
+from ..vocabulary import DTYPES, FORMATS, Mode
 
-FORMATS = ("text", "markdown", "csv", "json")
 #: the flag that selects each mode
 _FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
 
@@ -45,18 +44,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..aggregation.compare import check_compare_args, compare_strategies, write_compare_files
-    from ..validation import check_output_dir
-    from ..errors import check_choice
+    from ..api.compare import check_compare_args, run_comparison
+    from ..reports.compare import write_compare_files
+    from ..validation import check_format, check_output_dir
 
-    check_choice("format", args.format, FORMATS)
+    fmt = check_format(args.format)
     checked = check_compare_args(args.strategies, args.batch_size, args.mode, args.device, args.dtype,
                                  args.optimizer, args.repeats, args.timing)
     out = check_output_dir(args.out) if args.out is not None else None
-    result = compare_strategies(checked.strategies, checked.batch_size, mode=args.mode, device=args.device,
-                                dtype=args.dtype, optimizer=args.optimizer, repeats=checked.repeats,
-                                timing=args.timing, progress=None)
-    sys.stdout.write(result.render(args.format))
+    result = run_comparison(checked, progress=None)
+    sys.stdout.write(result.render(fmt))
     if out is not None:
         command = (f"memprof compare --strategies {','.join(checked.strategies)} --batch-size {checked.batch_size} "
                    f"--{_FLAG[checked.mode]} --repeats {checked.repeats}{'' if args.timing else ' --no-time'} "

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..vocabulary import DTYPES, Mode
+from ..vocabulary import DTYPES, FORMATS, Mode
 
-FORMATS = ("text", "markdown", "csv", "json")
 #: the flag that selects each mode
 _FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..aggregation.sweep import DEFAULT_BATCH_SIZES, DEFAULT_MODELS
+    from ..api.sweep import DEFAULT_BATCH_SIZES, DEFAULT_MODELS
 
     models = ",".join(DEFAULT_MODELS)
     sizes = ",".join(map(str, DEFAULT_BATCH_SIZES))
@@ -44,16 +43,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..aggregation.sweep import check_sweep_args, sweep, write_sweep_files
-    from ..validation import check_output_dir
-    from ..errors import check_choice
+    from ..api.sweep import check_sweep_args, run_sweep
+    from ..reports.sweep import write_sweep_files
+    from ..validation import check_format, check_output_dir
 
-    check_choice("format", args.format, FORMATS)
+    fmt = check_format(args.format)
     checked = check_sweep_args(args.models, args.batch_sizes, args.mode, args.device, args.dtype, args.optimizer)
     out = check_output_dir(args.out)
-    result = sweep(checked.models, checked.batch_sizes, mode=args.mode, device=args.device, dtype=args.dtype,
-                   optimizer=args.optimizer, progress=None)
-    sys.stdout.write(result.render(args.format))
+    result = run_sweep(checked, progress=None)
+    sys.stdout.write(result.render(fmt))
     command = (f"memprof sweep --models {','.join(checked.models)} "
                f"--batch-sizes {','.join(map(str, checked.batch_sizes))} --{_FLAG[checked.mode]} --device {args.device} "
                f"--dtype {args.dtype} --optimizer {args.optimizer}")

@@ -35,16 +35,11 @@ from torch import nn
 from torch.autograd import _enable_record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..vocabulary import STATE_CATEGORIES, TRACKED_CATEGORIES, Category
+from ..vocabulary import STATE_CATEGORIES, TRACKED_CATEGORIES, Category, Phase
+from .boundaries import ModuleBoundaries
+from .tensors import NO_STORAGE, storage_key, tensors_in
 
-__all__ = [
-    "Category",
-    "STATE_CATEGORIES",
-    "ModuleInterval",
-    "StorageTracker",
-    "activation_bytes",
-    "storage_key",
-]
+__all__ = ["ModuleInterval", "StorageTracker", "Timeline", "activation_bytes"]
 
 
 # NOTE [ The activation peak, defined once ]
@@ -69,68 +64,14 @@ def activation_bytes(by_category: dict[str, Any]) -> Any:
     return total - sum(by_category[c.value] for c in STATE_CATEGORIES)
 
 
-#: What ``Tensor.untyped_storage()`` raises for a tensor without a plain storage (sparse,
-#: nested, some subclasses); such tensors are not tracked.
-_NO_STORAGE: tuple[type[Exception], ...] = (RuntimeError, NotImplementedError, TypeError)
-
-
-def storage_key(t: torch.Tensor) -> int | None:
-    """An id for the untyped storage behind ``t`` (None for tensors without one)."""
-    try:
-        return t.untyped_storage()._cdata
-    except _NO_STORAGE:
-        return None
-
-
-# Types that are neither tensors nor containers of tensors: most arguments of an op.
-_LEAF_TYPES: frozenset[type] = frozenset(
-    {int, float, bool, complex, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format}
-)
-
-
-def _tensors(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """The tensors in nested tuples, lists and dicts (pytree is several times slower per op)."""
-    if out is None:
-        out = []
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-        return out
-    if isinstance(obj, dict):
-        obj = obj.values()
-    elif not isinstance(obj, (list, tuple)):
-        return out
-    # NOTE [ Cheap argument walk ]
-    # Op arguments are mostly ints, bools and flat lists of ints (strides, paddings), and an
-    # isinstance() against torch.Tensor costs ~0.1 us for a non-tensor: a type lookup in a set
-    # skips those, and leaves are handled here instead of by a call each. Together ~4x faster
-    # on a convolution's arguments (6 us -> 1.5 us).
-    for o in obj:
-        kind = type(o)
-        if kind in _LEAF_TYPES:
-            continue
-        if kind is list or kind is tuple:  # one level inline: lists of ints, lists of tensors
-            for p in o:
-                if type(p) in _LEAF_TYPES:
-                    continue
-                if isinstance(p, torch.Tensor):
-                    out.append(p)
-                elif isinstance(p, (list, tuple, dict)):
-                    _tensors(p, out)
-        elif isinstance(o, torch.Tensor):
-            out.append(o)
-        elif isinstance(o, (list, tuple, dict)):
-            _tensors(o, out)
-    return out
-
-
 def _arg_tensors(args: Any, kwargs: Any) -> list[torch.Tensor]:
     """The tensors among an op's arguments."""
-    return _tensors(args, _tensors(kwargs) if kwargs else None)
+    return tensors_in(args, tensors_in(kwargs) if kwargs else None)
 
 
 def _out_tensors(out: Any) -> Iterable[torch.Tensor]:
     """The tensors an op returned (most ops return exactly one)."""
-    return (out,) if isinstance(out, torch.Tensor) else _tensors(out)
+    return (out,) if isinstance(out, torch.Tensor) else tensors_in(out)
 
 
 def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[tuple[torch.UntypedStorage, int]]:
@@ -138,7 +79,7 @@ def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[tuple[torch.UntypedSt
     for t in tensors:
         try:
             st = t.untyped_storage()
-        except _NO_STORAGE:
+        except NO_STORAGE:
             continue
         yield st, st._cdata
 
@@ -223,8 +164,19 @@ class Timeline:
 class StorageTracker(TorchDispatchMode):
     """Track every storage of a training step and the role it plays, event by event.
 
-    Use through :meth:`track` (which also installs module hooks, saved-tensor hooks, gradient
-    hooks and the storage-resize watch, and removes all of them on exit, also on error).
+    Use through :meth:`track` (which also installs saved-tensor hooks, gradient hooks, the
+    storage-resize watch and the module boundaries of :class:`~memprof.recording.boundaries.ModuleBoundaries`,
+    and removes all of them on exit, also on error)::
+
+        tracker = StorageTracker(model, optimizer, [x, y])
+        with tracker.track():
+            run_step(model, optimizer, x, y, tracker)
+        timeline = tracker.timeline()   # live bytes per category after every event
+
+    Known limitations: memory that no tensor owns (kernel workspaces, allocator rounding) is
+    invisible here; a storage created outside the dispatcher (a C++ extension that allocates
+    without an ATen op) is seen only when an op returns it; tensors without a plain storage
+    (sparse, nested) are not tracked.
 
     Args:
         model: the model whose parameters, buffers and modules are tracked.
@@ -249,13 +201,14 @@ class StorageTracker(TorchDispatchMode):
         self.phases: list[tuple[str, int, int]] = []
         self._phase_start = 0
         self.intervals: list[ModuleInterval] = []
-        self._open: dict[int, list[tuple[str, str, int]]] = {}
         self._bw_open: dict[str, list[int]] = {}
         self._stack: list[str] = []
         self._ops: dict[Any, tuple[bool, bool]] = {}  # func -> (writes in place, mute inner record)
         self._mute_inner = False  # see NOTE [ One profiler record per op ]
         self._bw_current: str | None = None
-        self.module_names: dict[str, str] = {}
+        self.boundaries = ModuleBoundaries(model, in_backward=lambda: self.phase == Phase.BACKWARD.value)
+        self.boundaries.register_user_hooks(
+            self._forward_started, self._forward_ended, self._backward_started, self._backward_ended)
         self._active = False
         #: optional object with ``open(tag)``/``close(tag)`` told of every module interval
         #: (the CUDA allocator tracker reads its peaks there).
@@ -354,9 +307,6 @@ class StorageTracker(TorchDispatchMode):
             self._free(key)
         if nbytes:
             self._alloc(key, nbytes)
-
-    def _resized(self, st: torch.UntypedStorage) -> None:
-        self._check_size(st)
 
     # ---- saved tensors -----------------------------------------------------------------------
     def _pack(self, t: torch.Tensor) -> Any:
@@ -461,54 +411,33 @@ class StorageTracker(TorchDispatchMode):
         self.phase = phase
         self._phase_start = self.clock
 
-    def _pre_forward(self, name: str) -> Any:
-        def hook(module: nn.Module, args: Any) -> None:
-            phase = "backward" if self.phase == "backward" else "forward"
-            self._open.setdefault(id(module), []).append((name, phase, self._tick()))
-            self._stack.append(name)
+    def _forward_started(self, name: str, phase: str) -> int:
+        start = self._tick()
+        self._stack.append(name)
+        if self.listener is not None:
+            self.listener.open((name, phase))
+        return start
+
+    def _forward_ended(self, name: str, phase: str, start: int) -> None:
+        if self._stack:
+            self._stack.pop()
+        self.intervals.append(ModuleInterval(name, phase, start, self._tick()))
+        if self.listener is not None:
+            self.listener.close((name, phase))
+
+    def _backward_started(self, name: str) -> None:
+        if self._active:
+            self._bw_open.setdefault(name, []).append(self._tick())
+            self._bw_current = name
             if self.listener is not None:
-                self.listener.open((name, phase))
-            if torch.is_grad_enabled():
-                # never on parameters: a hook there would outlive the step
-                needing = [t for t in _tensors(args) if t.requires_grad and not isinstance(t, nn.Parameter)]
-                if needing:
-                    _register_multi_grad_hook(needing, self._end_backward(name), mode="any")
-        return hook
+                self.listener.open((name, Phase.BACKWARD.value))
 
-    def _post_forward(self) -> Any:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            stack = self._open.get(id(module))
-            if not stack:
-                return
-            name, phase, start = stack.pop()
-            if self._stack:
-                self._stack.pop()
-            self.intervals.append(ModuleInterval(name, phase, start, self._tick()))
+    def _backward_ended(self, name: str) -> None:
+        starts = self._bw_open.get(name)
+        if self._active and starts:
+            self.intervals.append(ModuleInterval(name, Phase.BACKWARD.value, starts.pop(), self._tick()))
             if self.listener is not None:
-                self.listener.close((name, phase))
-            if torch.is_grad_enabled():
-                needing = [t for t in _tensors(output) if t.requires_grad and not isinstance(t, nn.Parameter)]
-                if needing:
-                    _register_multi_grad_hook(needing, self._start_backward(name), mode="any")
-        return hook
-
-    def _start_backward(self, name: str) -> Any:
-        def hook(*_: Any) -> None:
-            if self._active:
-                self._bw_open.setdefault(name, []).append(self._tick())
-                self._bw_current = name
-                if self.listener is not None:
-                    self.listener.open((name, "backward"))
-        return hook
-
-    def _end_backward(self, name: str) -> Any:
-        def hook(*_: Any) -> None:
-            starts = self._bw_open.get(name)
-            if self._active and starts:
-                self.intervals.append(ModuleInterval(name, "backward", starts.pop(), self._tick()))
-                if self.listener is not None:
-                    self.listener.close((name, "backward"))
-        return hook
+                self.listener.close((name, Phase.BACKWARD.value))
 
     def _grad_accumulated(self, param: torch.Tensor) -> None:
         if self._active and param.grad is not None:
@@ -527,9 +456,10 @@ class StorageTracker(TorchDispatchMode):
         def resize_(st: torch.UntypedStorage, size: int) -> Any:
             result = orig_resize(st, size)
             if tracker._active:
-                tracker._resized(st)
+                tracker._check_size(st)
             return result
 
+        stack = contextlib.ExitStack()
         try:
             for p in self.model.parameters():
                 self._add_storage(p.untyped_storage(), Category.PARAMETERS)
@@ -541,10 +471,7 @@ class StorageTracker(TorchDispatchMode):
                 self._add_storage(t.untyped_storage(), Category.OPTIMIZER_STATE)
             for t in self.inputs:
                 self._add_storage(t.untyped_storage(), Category.INPUTS)
-            for name, module in self.model.named_modules():
-                self.module_names[name] = type(module).__name__
-                handles.append(module.register_forward_pre_hook(self._pre_forward(name)))
-                handles.append(module.register_forward_hook(self._post_forward()))
+            stack.enter_context(self.boundaries.track())
             torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
             # NOTE [ One profiler record per op ]
             # Under this mode every ATen op enters the dispatcher twice: once from the caller
@@ -570,12 +497,18 @@ class StorageTracker(TorchDispatchMode):
             torch.UntypedStorage.resize_ = orig_resize  # type: ignore[method-assign]
             for h in handles:
                 h.remove()
+            stack.close()
             self._refs.clear()
 
     def _optimizer_tensors(self) -> list[torch.Tensor]:
         if self.optimizer is None:
             return []
-        return [t for state in self.optimizer.state.values() for t in _tensors(state)]
+        return [t for state in self.optimizer.state.values() for t in tensors_in(state)]
+
+    @property
+    def module_names(self) -> dict[str, str]:
+        """Qualified module name -> class name, for every module of the model."""
+        return self.boundaries.module_names
 
     # ---- results -------------------------------------------------------------------------------
     def holders_at(self, index: int, categories: Iterable[Category] | None = None) -> list[tuple[str, str, int]]:
@@ -628,19 +561,3 @@ class StorageTracker(TorchDispatchMode):
                         add(Category.ACTIVATIONS, s2, e2, life.nbytes)
         by_cat = {k: np.cumsum(v)[: self.clock + 1] for k, v in diffs.items()}
         return Timeline(by_cat, list(self.phases))
-
-
-# NOTE [ Module backward boundaries ]
-# A module's backward starts when the gradient of its (first) output is computed and ends when
-# the gradient of its (first) input is: one plain tensor hook on each, which observes the
-# gradient and returns None, so nothing is kept and nothing changes. Not used: full backward
-# hooks (register_full_backward_hook), which wrap inputs and outputs in extra autograd nodes,
-# change the graph and break in-place ops such as ReLU(inplace=True); multi-grad hooks in "all"
-# mode, which buffer gradients (keeping them alive longer: it changed irevvgg's peak) and query
-# the engine about leaves, which autograd.grad() inside a reversible backward does not allow;
-# "any" mode, correct but several times slower per module call.
-def _register_multi_grad_hook(tensors: list[torch.Tensor], fn: Any, mode: str = "any") -> Any:
-    def hook(grad: torch.Tensor) -> None:
-        fn()
-
-    return tensors[0].register_hook(hook)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..reporting import atomic_write_bytes, atomic_write_text
+from ..reports.files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

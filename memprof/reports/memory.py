@@ -1,6 +1,6 @@
 """``reports/memory.md``: whole-step memory of vgg19, revvgg and irevvgg, measured side by side.
 
-Run by ``memprof report`` (registered as ``memory`` in :data:`memprof.reporting.REPORTS`).
+Run by ``memprof report`` (registered as ``memory`` in :data:`memprof.reports.REPORTS`).
 Everything is measured in one process, one model after another, on one intra-op thread (on a
 shared machine two OpenMP threads make timings swing tenfold). Byte figures are deterministic:
 the attributed ones equal the FakeTensorMode estimate byte for byte, and they are also written
@@ -17,51 +17,45 @@ from typing import Any
 
 import torch
 
+from ..api.step import profile_step
 from ..recording.allocations import conv_backward_scratch
+from ..recording.estimate import NOT_MODELLED_CUDA
+from ..recording.runner import StepSetup, make_optimizer, targets_for, time_steps, warm_up
 from ..recording.threads import one_thread
 from ..units import format_bytes
+from ..vocabulary import Category
+from .files import atomic_write_text, provenance
 
 __all__ = ["BATCH_SIZE", "GAP_BOUND", "MODELS", "TARGETS", "deterministic_figures", "write_memory_report"]
 
 BATCH_SIZE = 128
 MODELS = ("vgg19", "revvgg", "irevvgg")
-#: issue 4's targets: activation peak relative to vgg19's, and step time relative to the twin.
+#: targets the reversible models are held to: activation peak relative to vgg19's, and step
+#: time relative to the same architecture built with reversible=False (the twin).
 TARGETS = {"revvgg": (0.40, 1.4), "irevvgg": (0.17, 1.4)}
 #: The deck's figures ("MB" in the deck; the numbers are MiB). Seed, not memprof output.
 SEED = {"vgg19": {"activation_mib": 311.75, "param_mib": 78.45},
         "revvgg": {"activation_mib": 51.50, "param_mib": 79.43}}
-#: issue 4's bound on the unattributed gap, as a share of the measured peak.
+#: the bound on the unattributed gap (memory no tensor owns), as a share of the measured peak.
 GAP_BOUND = 0.03
 TIMING_REPEATS = 3
 #: convolutions (in channels, out channels, size) whose backward scratch the report measures
 SCRATCH_SHAPES = ((64, 64, 16), (64, 64, 32))
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries", "inputs", "unattributed")
+CATEGORIES = tuple(c.value for c in Category)
 
 
 def _plain_step_times(models: dict[str, torch.nn.Module], repeats: int) -> dict[str, Any]:
-    """Fastest of ``repeats`` plain steps per model (and its phases), models interleaved by round."""
-    from .step import _targets_for, _warm_up, make_optimizer, run_step
-
-    state = {}
+    """Fastest of ``repeats`` plain steps per model (and its phases), in CPU time, models interleaved by round."""
+    setups = {}
     for name, model in models.items():
         model.train()
         x = torch.randn(BATCH_SIZE, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         opt = make_optimizer("sgd", model.parameters())
-        targets = _warm_up(model, opt, x, _targets_for(BATCH_SIZE, torch.device("cpu"), 0))
-        state[name] = (model, opt, x, targets)
-    times: dict[str, list[float]] = {n: [] for n in models}
-    phases: dict[str, dict[str, float]] = {n: {} for n in models}
-    for _ in range(repeats):
-        for name, (model, opt, x, targets) in state.items():
-            split: dict[str, float] = {}
-            t0 = time.process_time()
-            run_step(model, opt, x, targets, phase_times=split)
-            times[name].append(time.process_time() - t0)
-            for ph, t in split.items():
-                phases[name][ph] = min(phases[name].get(ph, t), t)
-            opt.zero_grad(set_to_none=True)
-    out: dict[str, Any] = {n: min(v) for n, v in times.items()}
-    out["phases"] = phases
+        targets = warm_up(model, opt, x, targets_for(BATCH_SIZE, torch.device("cpu"), 0))
+        setups[name] = StepSetup(model, opt, x, targets)
+    times = time_steps(setups, repeats, clock=time.process_time, phases=True)
+    out: dict[str, Any] = {n: min(t.rounds) for n, t in times.items()}
+    out["phases"] = {n: t.phases for n, t in times.items()}
     return out
 
 
@@ -85,8 +79,6 @@ def write_memory_report(out_dir: Path) -> list[Path]:
         The paths written.
     """
     from ..models import get_model
-    from ..reporting import atomic_write_text
-    from .step import profile_step
 
     with one_thread():
         profiles = {}
@@ -116,9 +108,6 @@ def write_memory_report(out_dir: Path) -> list[Path]:
 
 def _render(profiles: dict[str, Any], times: dict[str, float], scratch: dict[tuple[int, int, int], Any]) -> str:
     from tabulate import tabulate
-
-    from ..recording.estimate import NOT_MODELLED_CUDA
-    from ..reporting import provenance
 
     base = profiles["vgg19"]
     lines = [
