@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from ..validation import UsageError
+from ..errors import UsageError
 from .metrics import CIFAR10_CLASSES
 
 __all__ = [
