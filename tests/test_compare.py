@@ -17,9 +17,12 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from memprof.aggregation.compare import STRATEGIES, default_strategies, list_strategies  # noqa: E402
-from memprof.api.compare import build_strategy, check_compare_args, compare_strategies, time_strategies  # noqa: E402
-from memprof.rendering.compare import StrategyComparison  # noqa: E402
-from memprof.reports.compare import REPORT_BATCH_SIZE  # noqa: E402
+from memprof.api.compare import (  # noqa: E402
+    build_strategy,
+    check_compare_args,
+    compare_strategies,
+    time_strategies,
+)
 from memprof.cli import main  # noqa: E402
 from memprof.errors import UsageError  # noqa: E402
 from memprof.models import get_model  # noqa: E402
@@ -30,6 +33,8 @@ from memprof.models.strategies import (  # noqa: E402
     flatten_layers,
     group_units,
 )
+from memprof.rendering.compare import StrategyComparison  # noqa: E402
+from memprof.reports.compare import REPORT_BATCH_SIZE  # noqa: E402
 from memprof.units import format_bytes  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from memprof.api.step import profile_step
-from memprof.recording.runner import make_optimizer, run_step, targets_for, warm_up
 from memprof.models import get_model, get_model_info, list_models
-from memprof.recording.threads import one_thread
 from memprof.recording.estimate import (
     CudaCachingAllocatorModel,
     round_cuda_request,
     simulate_cuda_allocator,
 )
+from memprof.recording.runner import make_optimizer, run_step, targets_for, warm_up
+from memprof.recording.threads import one_thread
 
 MiB = 1 << 20
 BATCH = 2

@@ -70,20 +70,34 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
     return out
 
 
-def imports_of(module: str) -> list[tuple[str, int]]:
-    """(imported memprof module, line) for every import statement of ``module``."""
+def _type_checking_lines(tree: ast.AST) -> set[int]:
+    """Line numbers of the statements under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            for stmt in node.body:
+                lines.update(range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1))
+    return lines
+
+
+def imports_of(module: str) -> list[tuple[str, int, bool]]:
+    """(imported memprof module, line, only for type checking) for every import statement of ``module``."""
     path = MODULES[module]
     tree = ast.parse(path.read_text(), filename=str(path))
+    typing_only = _type_checking_lines(tree)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] == "memprof"]
+            targets = [a.name for a in node.names if a.name.split(".")[0] == "memprof"]
         elif isinstance(node, ast.ImportFrom):
-            found += [(t, node.lineno) for t in _resolve(module, path.name == "__init__.py", node)]
+            targets = _resolve(module, path.name == "__init__.py", node)
+        else:
+            continue
+        found += [(t, node.lineno, node.lineno in typing_only) for t in targets]
     return found
 
 
-GRAPH: dict[str, list[tuple[str, int]]] = {m: imports_of(m) for m in MODULES}
+GRAPH: dict[str, list[tuple[str, int, bool]]] = {m: imports_of(m) for m in MODULES}
 
 
 def test_every_module_has_a_layer():
@@ -96,7 +110,7 @@ def test_imports_run_one_way():
     for module, targets in GRAPH.items():
         if module == "memprof":  # the package root re-exports the public API of every layer
             continue
-        for target, line in targets:
+        for target, line, _ in targets:
             src, dst = _layer(module), _layer(target)
             if src is None:  # reported by test_every_module_has_a_layer
                 continue
@@ -145,9 +159,32 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles():
-    graph = {m: {t for t, _ in targets if t in MODULES} for m, targets in GRAPH.items()}
+    graph = {m: {t for t, _, _ in targets if t in MODULES} for m, targets in GRAPH.items()}
     cycles = _cycles(graph)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_rendering_never_imports_recording():
+    """rendering/__init__.py promises it: results are drawn from records, never from hooks."""
+    bad = [f"{m}:{line} imports {t}" for m, targets in GRAPH.items() if _in(m, "memprof.rendering")
+           for t, line, _ in targets if _in(t, "memprof.recording")]
+    assert not bad, "\n".join(bad)
+
+
+def test_aggregation_imports_recording_only_for_types():
+    """aggregation/__init__.py promises it: no hook code runs there, it only reads records."""
+    bad = [f"{m}:{line} imports {t}" for m, targets in GRAPH.items() if _in(m, "memprof.aggregation")
+           for t, line, typing_only in targets if _in(t, "memprof.recording") and not typing_only]
+    assert not bad, "\n".join(bad)
+
+
+def test_type_checking_imports_are_seen():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\nimport y\n")
+    assert _type_checking_lines(tree) == {3}
 
 
 @pytest.mark.parametrize("graph, expected", [

@@ -14,9 +14,10 @@ from torch import nn
 from memprof.api.step import fit_batch_size, profile_step
 from memprof.cli import main
 from memprof.recording.allocations import CpuAllocatorTracker
+from memprof.recording.attribution import StorageTracker
 from memprof.recording.runner import make_optimizer, measure_step, run_step, targets_for, warm_up
-from memprof.recording.attribution import StorageTracker, activation_bytes
 from memprof.recording.threads import one_thread
+from memprof.recording.timeline import activation_bytes
 from memprof.reversible import AdditiveCoupling, ReversibleSequence
 from memprof.vocabulary import Category
 

@@ -23,9 +23,9 @@ from memprof.api.sweep import (  # noqa: E402
     sweep,
 )
 from memprof.api.table import layer_table  # noqa: E402
-from memprof.rendering.sweep import SweepResult  # noqa: E402
 from memprof.cli import main  # noqa: E402
 from memprof.errors import UsageError  # noqa: E402
+from memprof.rendering.sweep import SweepResult  # noqa: E402
 from memprof.validation import check_output_dir, parse_batch_sizes  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"

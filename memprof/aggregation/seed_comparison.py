@@ -14,7 +14,6 @@ from typing import Any
 
 from ..seed import SeedRow, SeedTable, parse_shape
 from ..units import MiB, format_count
-
 from .table_rows import Shape, TableRow, Totals, shape_text, size_int
 
 __all__ = ["SeedComparison", "SeedDifference", "compare_with_seed"]

@@ -13,13 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..vocabulary import PHASES, STATE_CATEGORIES, TRACKED_CATEGORIES, Category, Mode, Phase, dtype_name
+from ..vocabulary import (
+    PHASES,
+    STATE_CATEGORIES,
+    TRACKED_CATEGORIES,
+    Category,
+    Mode,
+    Phase,
+    dtype_name,
+)
 
 if TYPE_CHECKING:
     import torch
 
-    from ..recording.attribution import Timeline
     from ..recording.runner import StepRecord
+    from ..recording.timeline import Timeline
 
 __all__ = ["StepProfileData", "build_profile"]
 

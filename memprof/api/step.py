@@ -20,7 +20,14 @@ from ..aggregation.fit import search_batch_size
 from ..aggregation.step import build_profile
 from ..recording.runner import record_step
 from ..rendering.step import StepProfile
-from ..validation import BATCH_SIZE_LIMIT, UsageError, check_device, check_optimizer, check_positive_int, parse_dtype
+from ..validation import (
+    BATCH_SIZE_LIMIT,
+    UsageError,
+    check_device,
+    check_optimizer,
+    check_positive_int,
+    parse_dtype,
+)
 from ..vocabulary import Mode
 
 __all__ = ["StepArgs", "check_step_args", "fit_batch_size", "profile_step", "run_profile_step"]

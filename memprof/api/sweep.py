@@ -15,7 +15,15 @@ from typing import Any
 
 import torch
 
-from ..aggregation.sweep import STATUS_OK, STATUS_OOM, STATUS_SKIPPED, SweepData, add_savings, empty_row, row_figures
+from ..aggregation.sweep import (
+    STATUS_OK,
+    STATUS_OOM,
+    STATUS_SKIPPED,
+    SweepData,
+    add_savings,
+    empty_row,
+    row_figures,
+)
 from ..rendering.sweep import SweepResult
 from ..validation import parse_batch_sizes, parse_mode, parse_names
 from ..vocabulary import Mode, dtype_name

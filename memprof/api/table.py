@@ -22,7 +22,13 @@ from ..aggregation.table_rows import shape_text
 from ..recording.layers import record_layers
 from ..rendering.layer_table import LayerTable
 from ..seed import SeedTable, get_seed_table
-from ..validation import UsageError, check_choice, check_non_negative_int, check_positive_int, parse_input_shape
+from ..validation import (
+    UsageError,
+    check_choice,
+    check_non_negative_int,
+    check_positive_int,
+    parse_input_shape,
+)
 from ..vocabulary import DTYPES, TABLE_DEVICES, dtype_name
 
 __all__ = ["TableArgs", "check_table_args", "layer_table", "run_layer_table"]

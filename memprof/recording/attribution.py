@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,66 +35,20 @@ from torch import nn
 from torch.autograd import _enable_record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..vocabulary import STATE_CATEGORIES, TRACKED_CATEGORIES, Category, Phase
+from ..vocabulary import TRACKED_CATEGORIES, Category, Phase
 from .boundaries import ModuleBoundaries
-from .tensors import NO_STORAGE, storage_key, tensors_in
+from .tensors import (
+    arg_tensors,
+    out_tensors,
+    storage_key,
+    storage_keys,
+    storages,
+    tensors_in,
+    writes_in_place,
+)
+from .timeline import Timeline
 
-__all__ = ["ModuleInterval", "StorageTracker", "Timeline", "activation_bytes"]
-
-
-# NOTE [ The activation peak, defined once ]
-# "Activation peak" is the peak over the step of the live bytes that are NOT model or optimizer
-# state: live bytes minus parameters, gradients and optimizer state. It therefore counts saved
-# activations, in-flight temporaries and the input batch, because all of them grow with the
-# batch size and none of them persists across steps. It is computed on the attribution timeline
-# (tensor-owned bytes), so an estimate and a measurement give the same figure; the
-# unattributed gap is reported separately at the total peak. Every figure that says
-# "activation peak" (profile, fit, reports) calls activation_bytes() below.
-def activation_bytes(by_category: dict[str, Any]) -> Any:
-    """Live bytes other than parameters, gradients and optimizer state (scalars or arrays).
-
-    Args:
-        by_category: live bytes keyed by category name (tracked categories; ``unattributed``
-            is ignored: see NOTE [ The activation peak, defined once ]).
-
-    Returns:
-        The bytes that count towards the activation peak, of the same kind as the values.
-    """
-    total = sum(by_category[c.value] for c in TRACKED_CATEGORIES)
-    return total - sum(by_category[c.value] for c in STATE_CATEGORIES)
-
-
-def _arg_tensors(args: Any, kwargs: Any) -> list[torch.Tensor]:
-    """The tensors among an op's arguments."""
-    return tensors_in(args, tensors_in(kwargs) if kwargs else None)
-
-
-def _out_tensors(out: Any) -> Iterable[torch.Tensor]:
-    """The tensors an op returned (most ops return exactly one)."""
-    return (out,) if isinstance(out, torch.Tensor) else tensors_in(out)
-
-
-def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[tuple[torch.UntypedStorage, int]]:
-    """(storage, storage key) of each tensor that has a storage."""
-    for t in tensors:
-        try:
-            st = t.untyped_storage()
-        except NO_STORAGE:
-            continue
-        yield st, st._cdata
-
-
-def _storage_keys(args: Any, kwargs: Any) -> set[int]:
-    """The storage keys of the tensors in an op's arguments."""
-    return {key for _, key in _storages(_arg_tensors(args, kwargs))}
-
-
-def _writes(func: Any) -> bool:
-    """True for ops with an argument written in place (resize_, set_, out= variants, add_, ...)."""
-    try:
-        return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
-    except AttributeError:
-        return True
+__all__ = ["ModuleInterval", "StorageTracker"]
 
 
 @dataclass
@@ -137,28 +91,6 @@ class _Saved:
             me = tracker_ref()
             if me is not None and me._active:
                 me._unsave(self._key)
-
-
-@dataclass
-class Timeline:
-    """Live bytes per category after every event of the step (the event clock is the x axis)."""
-
-    by_category: dict[str, np.ndarray]
-    phases: list[tuple[str, int, int]] = field(default_factory=list)  # (phase, start, end)
-
-    @property
-    def total(self) -> np.ndarray:
-        """Tensor-owned live bytes after each event."""
-        return sum(self.by_category[c.value] for c in TRACKED_CATEGORIES)  # type: ignore[return-value]
-
-    @property
-    def activations(self) -> np.ndarray:
-        """Live bytes counted by the activation peak, after each event."""
-        return activation_bytes(self.by_category)
-
-    def at(self, index: int) -> dict[str, int]:
-        """Bytes per category after event ``index``."""
-        return {c.value: int(self.by_category[c.value][index]) for c in TRACKED_CATEGORIES}
 
 
 class StorageTracker(TorchDispatchMode):
@@ -343,7 +275,7 @@ class StorageTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         op = self._ops.get(func)
         if op is None:
-            op = self._ops[func] = (_writes(func), self._mute_inner and getattr(func, "namespace", None) == "aten")
+            op = self._ops[func] = (writes_in_place(func), self._mute_inner and getattr(func, "namespace", None) == "aten")
         writes, mute = op
         if mute:
             _enable_record_function(False)
@@ -364,12 +296,12 @@ class StorageTracker(TorchDispatchMode):
         # storage is untracked. Same events as _after_write(), fewer Python calls per op.
         refs = self._refs
         in_keys: set[int] | None = None
-        for st, key in _storages(_out_tensors(out)):
+        for st, key in storages(out_tensors(out)):
             ref = refs.get(key)
             if ref is not None and ref() is not None:
                 continue
             if in_keys is None:  # an output on an untracked storage: new, unless it aliases an input
-                in_keys = _storage_keys(args, kwargs)
+                in_keys = storage_keys(args, kwargs)
             if key not in in_keys:
                 self._watch(st, key)
                 self._alloc(key, int(st.nbytes()))
@@ -380,14 +312,14 @@ class StorageTracker(TorchDispatchMode):
         refs = self._refs
         in_keys: set[int] = set()
         checked: set[int] = set()
-        for st, key in _storages(_arg_tensors(args, kwargs)):
+        for st, key in storages(arg_tensors(args, kwargs)):
             in_keys.add(key)
             ref = refs.get(key)
             if ref is not None and ref() is not None and key not in checked:
                 checked.add(key)
                 self._check_size(st)
         # an in-place op returns its argument: checked above already (a check is idempotent)
-        for st, key in _storages(_out_tensors(out)):
+        for st, key in storages(out_tensors(out)):
             if key in checked:
                 continue
             if self._known(key):

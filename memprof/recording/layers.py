@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..validation import UsageError
 from ..reversible import ReversibleSequence
+from ..validation import UsageError
 from .tensors import storage_key
 
 __all__ = [

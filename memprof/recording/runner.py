@@ -29,7 +29,12 @@ from torch import nn
 
 from ..validation import UsageError, check_optimizer
 from ..vocabulary import Optimizer, Phase, dtype_name
-from .allocations import AllocatorResult, CpuAllocatorTracker, CudaAllocatorTracker, make_allocator_tracker
+from .allocations import (
+    AllocatorResult,
+    CpuAllocatorTracker,
+    CudaAllocatorTracker,
+    make_allocator_tracker,
+)
 from .attribution import StorageTracker
 
 __all__ = [

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["NO_STORAGE", "storage_key", "tensors_in"]
+__all__ = [
+    "NO_STORAGE",
+    "arg_tensors",
+    "out_tensors",
+    "storage_key",
+    "storage_keys",
+    "storages",
+    "tensors_in",
+    "writes_in_place",
+]
 
 #: What ``Tensor.untyped_storage()`` raises for a tensor without a plain storage (sparse,
 #: nested, some subclasses); such tensors are not tracked.
@@ -60,3 +70,36 @@ def tensors_in(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Te
         elif isinstance(o, (list, tuple, dict)):
             tensors_in(o, out)
     return out
+
+
+def arg_tensors(args: Any, kwargs: Any) -> list[torch.Tensor]:
+    """The tensors among an op's arguments."""
+    return tensors_in(args, tensors_in(kwargs) if kwargs else None)
+
+
+def out_tensors(out: Any) -> Iterable[torch.Tensor]:
+    """The tensors an op returned (most ops return exactly one)."""
+    return (out,) if isinstance(out, torch.Tensor) else tensors_in(out)
+
+
+def storages(tensors: Iterable[torch.Tensor]) -> Iterator[tuple[torch.UntypedStorage, int]]:
+    """(storage, storage key) of each tensor that has a storage."""
+    for t in tensors:
+        try:
+            st = t.untyped_storage()
+        except NO_STORAGE:
+            continue
+        yield st, st._cdata
+
+
+def storage_keys(args: Any, kwargs: Any) -> set[int]:
+    """The storage keys of the tensors in an op's arguments."""
+    return {key for _, key in storages(arg_tensors(args, kwargs))}
+
+
+def writes_in_place(func: Any) -> bool:
+    """True for ops with an argument written in place (resize_, set_, out= variants, add_, ...)."""
+    try:
+        return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
+    except AttributeError:
+        return True

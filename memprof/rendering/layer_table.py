@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +9,7 @@ import torch
 
 from ..aggregation.layer_table import LayerTableData
 from ..aggregation.table_rows import shape_text, size_text
-from ..units import dtype_size, format_bytes, format_count
+from ..units import dtype_size, format_bytes, format_count, is_blank
 from ..vocabulary import DTYPES, Format
 from .plots import plot_layer_activations
 from .result import Result
@@ -41,9 +40,7 @@ _COLUMNS = list(_HEADERS)
 
 
 def _bytes(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or type(v).__name__ == "NAType":
-        return ""
-    return format_bytes(int(v))
+    return "" if is_blank(v) else format_bytes(int(v))
 
 
 _FORMATTERS = {

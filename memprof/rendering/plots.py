@@ -131,13 +131,24 @@ def plot_sweep(
     Returns:
         The matplotlib Figure.
     """
-    import pandas as pd
-
     models = list(dict.fromkeys(df["model"]))
     reference = reference or models[0]
     colours = {m: f"C{i}" for i, m in enumerate(models)}
     fig = _new_figure(figsize=(16, 5))
     axes = fig.subplots(1, 3)
+    _sweep_memory_panels(axes[:2], df, models, colours, kind)
+    _sweep_savings_panel(axes[2], df, models, reference, colours)
+    _sweep_axes_and_legend(fig, axes, df, models, colours, kind, title)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def _sweep_memory_panels(axes: Any, df: Any, models: list[str], colours: dict[str, str], kind: str) -> None:
+    """Left: activation memory three ways; middle: the step peak. One line per model and figure."""
+    import pandas as pd
+
     panels = [
         (axes[0], ["activation_peak_bytes", "saved_bytes", "seed_activation_bytes"], "activation memory"),
         (axes[1], ["peak_bytes"], f"training-step peak ({kind})"),
@@ -159,7 +170,10 @@ def plot_sweep(
         if _spans(values, 20):
             ax.set_yscale("log")
         ax.grid(True, which="major", alpha=0.3)
-    ax = axes[2]
+
+
+def _sweep_savings_panel(ax: Any, df: Any, models: list[str], reference: str, colours: dict[str, str]) -> None:
+    """Right: each model's saving against the reference, in percent."""
     for m in models:
         if m == reference:
             continue
@@ -176,6 +190,13 @@ def plot_sweep(
     ax.set_xlabel("batch size")
     ax.set_ylabel("saving, % (higher is better)")
     ax.grid(True, which="major", alpha=0.3)
+
+
+def _sweep_axes_and_legend(fig: Any, axes: Any, df: Any, models: list[str], colours: dict[str, str], kind: str,
+                           title: str | None) -> None:
+    """Batch-size ticks on every panel, one legend for models and figures, the title, the layout."""
+    from matplotlib.lines import Line2D
+
     sizes = sorted(set(int(b) for b in df["batch_size"]))
     for a in axes:
         if _spans(sizes, 8):
@@ -183,8 +204,6 @@ def plot_sweep(
         a.set_xticks(sizes)
         a.set_xticklabels([str(b) for b in sizes])
         a.minorticks_off()
-    from matplotlib.lines import Line2D
-
     handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in models]
     handles += [Line2D([], [], color="black", ls=ls, marker=mk, ms=4, label=lab + (f" ({kind})" if "peak" in lab else ""))
                 for ls, mk, lab in _METRIC_STYLES.values()]
@@ -192,10 +211,6 @@ def plot_sweep(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97 if title else 1))
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
 
 
 def plot_strategies(df: Any, path: str | Path | None = None, *, title: str | None = None) -> Any:

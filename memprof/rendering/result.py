@@ -17,15 +17,12 @@ Every result memprof returns (:class:`~memprof.rendering.layer_table.LayerTable`
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, TypeVar
+from typing import Any, Self
 
 from ..validation import check_format
 from ..vocabulary import Format
 
 __all__ = ["Result"]
-
-R = TypeVar("R", bound="Result")
-
 
 class Result:
     """Mixin giving a result dataclass ``render``, ``to_text``, ``to_markdown`` and ``__str__``.
@@ -35,7 +32,7 @@ class Result:
     """
 
     @classmethod
-    def from_data(cls: type[R], data: Any) -> R:
+    def from_data(cls, data: Any) -> Self:
         """The result for the plain dataclass ``data`` that aggregation returned (same fields)."""
         return cls(**{f.name: getattr(data, f.name) for f in fields(data)})
 

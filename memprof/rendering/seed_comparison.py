@@ -12,44 +12,48 @@ from .tables import render_table
 __all__ = ["seed_blocks"]
 
 
-def seed_blocks(c: SeedComparison, fmt: Format, include_seed_table: bool = False) -> list[str]:
-    """The seed comparison's tables: totals side by side, each difference with its cause, and
-    optionally the deck's table as published."""
+def _mib(n: int) -> str:
+    return f"{n / MiB:.2f}"
+
+
+def _totals_block(c: SeedComparison, fmt: Format) -> str:
+    """The deck's totals, the sums of its rows (as printed and with its slips corrected) and memprof's."""
     import pandas as pd
 
     s = c.table
     # Memory at the deck's own settings (float32, batch s.batch_size), whatever this table's.
-    def mib(n: int) -> str:
-        return f"{n / MiB:.2f}"
-
     totals = pd.DataFrame(
         [
             ["parameters", s.params, c.rows_params, c.rows_params, c.params],
             ["parameter memory, MiB (float32)", f"{s.param_mib:.2f} (printed '{s.printed_param_memory}')",
-             mib(c.rows_params * 4), mib(c.rows_params * 4), mib(c.params * 4)],
+             _mib(c.rows_params * 4), _mib(c.rows_params * 4), _mib(c.params * 4)],
             ["activations per sample", s.activations, c.rows_activations, c.corrected_activations, c.activations],
             [f"activation memory, MiB (float32, batch {s.batch_size})",
              f"{s.activation_mib:.2f} (printed '{s.printed_activation_memory}')",
-             mib(c.rows_activations * 4 * s.batch_size), mib(c.corrected_activations * 4 * s.batch_size),
-             mib(c.activations * 4 * s.batch_size)],
+             _mib(c.rows_activations * 4 * s.batch_size), _mib(c.corrected_activations * 4 * s.batch_size),
+             _mib(c.activations * 4 * s.batch_size)],
         ],
         columns=["quantity", "seed: deck total", "seed: sum of deck rows",
                  "seed rows, slips corrected", "memprof"],
     )
     counts = {"seed: deck total", "seed: sum of deck rows", "seed rows, slips corrected", "memprof"}
-    blocks = [
-        render_table(
-            totals, fmt,
-            title=f"Seed comparison: the deck's '{s.title}' table (seed) beside memprof's",
-            headers=None,
-            formatters={k: (lambda v: v if isinstance(v, str) else format_count(v)) for k in counts},
-            notes=[
-                "Seed figures are the deck's, as published, never memprof's output; memprof's "
-                f"memory is shown at the deck's settings (float32, batch {s.batch_size}).",
-                "The deck writes MB; its figures are MiB (2^20 bytes).",
-            ],
-        )
-    ]
+    return render_table(
+        totals, fmt,
+        title=f"Seed comparison: the deck's '{s.title}' table (seed) beside memprof's",
+        headers=None,
+        formatters={k: (lambda v: v if isinstance(v, str) else format_count(v)) for k in counts},
+        notes=[
+            "Seed figures are the deck's, as published, never memprof's output; memprof's "
+            f"memory is shown at the deck's settings (float32, batch {s.batch_size}).",
+            "The deck writes MB; its figures are MiB (2^20 bytes).",
+        ],
+    )
+
+
+def _differences_block(c: SeedComparison, fmt: Format) -> str:
+    """One line per (deck row, memprof row, cause), its columns joined."""
+    import pandas as pd
+
     grouped: dict[tuple[Any, ...], list[SeedDifference]] = {}
     for d in c.differences:
         grouped.setdefault((d.seed_row, d.name, d.cause), []).append(d)
@@ -65,26 +69,40 @@ def seed_blocks(c: SeedComparison, fmt: Format, include_seed_table: bool = False
         ])
     diff_df = pd.DataFrame(diff_rows, columns=["seed row", "memprof row", "layer", "column", "seed",
                                                "memprof", "cause", "detail"])
-    blocks.append(render_table(
+    return render_table(
         diff_df, fmt, title=f"Rows that differ ({len(diff_rows)}), each with its cause",
         notes=["'seed row' is the row number in the deck's table (empty for a row the deck omits)."],
-    ))
+    )
+
+
+def _published_block(c: SeedComparison, fmt: Format) -> str:
+    """The deck's table as published, slips included."""
+    import pandas as pd
+
+    s = c.table
+    seed_df = pd.DataFrame(
+        [[i + 1, r.input_shape, r.layer, r.in_channels, r.out_channels, r.kernel, r.stride,
+          r.output_shape, r.params, r.activations] for i, r in enumerate(s.rows)],
+        columns=["seed row", "input", "layer", "in ch", "out ch", "kernel", "stride", "output",
+                 "#params", "#activations"],
+    )
+    for col in ("in ch", "out ch", "kernel", "stride"):
+        seed_df[col] = seed_df[col].astype("Int64")
+    return render_table(
+        seed_df, fmt, title=f"Seed: the deck's '{s.title}' table as published",
+        formatters={"#params": format_count, "#activations": format_count},
+        notes=[f"Printed totals: {s.params:,} parameters, {s.activations:,} activations; memory "
+               f"'{s.printed_param_memory}' and '{s.printed_activation_memory}' at batch "
+               f"{s.batch_size} (MiB).",
+               "Rows transcribed from ../shared/seed/reversible-nets-slides.md, slips included "
+               "(memprof/seed.py)."],
+    )
+
+
+def seed_blocks(c: SeedComparison, fmt: Format, include_seed_table: bool = False) -> list[str]:
+    """The seed comparison's tables: totals side by side, each difference with its cause, and
+    optionally the deck's table as published."""
+    blocks = [_totals_block(c, fmt), _differences_block(c, fmt)]
     if include_seed_table:
-        seed_df = pd.DataFrame(
-            [[i + 1, r.input_shape, r.layer, r.in_channels, r.out_channels, r.kernel, r.stride,
-              r.output_shape, r.params, r.activations] for i, r in enumerate(s.rows)],
-            columns=["seed row", "input", "layer", "in ch", "out ch", "kernel", "stride", "output",
-                     "#params", "#activations"],
-        )
-        for col in ("in ch", "out ch", "kernel", "stride"):
-            seed_df[col] = seed_df[col].astype("Int64")
-        blocks.append(render_table(
-            seed_df, fmt, title=f"Seed: the deck's '{s.title}' table as published",
-            formatters={"#params": format_count, "#activations": format_count},
-            notes=[f"Printed totals: {s.params:,} parameters, {s.activations:,} activations; memory "
-                   f"'{s.printed_param_memory}' and '{s.printed_activation_memory}' at batch "
-                   f"{s.batch_size} (MiB).",
-                   "Rows transcribed from ../shared/seed/reversible-nets-slides.md, slips included "
-                   "(memprof/seed.py)."],
-        ))
+        blocks.append(_published_block(c, fmt))
     return blocks

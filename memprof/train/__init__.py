@@ -22,7 +22,12 @@ from .measurements import (
     read_peak_memory,
     reset_peak_memory,
 )
-from .metrics import CIFAR10_CLASSES, ClassificationReport, build_classification_report, compute_confusion_matrix
+from .metrics import (
+    CIFAR10_CLASSES,
+    ClassificationReport,
+    build_classification_report,
+    compute_confusion_matrix,
+)
 
 __all__ = [
     "AmpMode",

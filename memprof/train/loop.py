@@ -43,7 +43,12 @@ from .distributed import (
     wrap_model,
 )
 from .evaluation import broadcast_buffers, evaluate
-from .measurements import autocast_context, measure_reconstruction_error, read_peak_memory, reset_peak_memory
+from .measurements import (
+    autocast_context,
+    measure_reconstruction_error,
+    read_peak_memory,
+    reset_peak_memory,
+)
 from .metrics import ClassificationReport, build_classification_report
 
 __all__ = ["EpochRecord", "TrainResult", "train"]
