@@ -7,6 +7,9 @@
 - :mod:`~memprof.recording.attribution`: :class:`StorageTracker`, who owns every live byte;
 - :mod:`~memprof.recording.boundaries`: :class:`ModuleBoundaries`, where each module's forward
   and backward start and end;
+- :mod:`~memprof.recording.timeline`: the tracker's output as plain data (live bytes per
+  category after every event) and the activation peak;
+- :mod:`~memprof.recording.tensors`: the tensors in op arguments and the storages behind them;
 - :mod:`~memprof.recording.allocations`: the allocators' own view (CPU replay, CUDA peaks);
 - :mod:`~memprof.recording.estimate`: fake models and the CUDA caching-allocator model.
 
