@@ -285,5 +285,8 @@ def check_output_file(out: str | os.PathLike[str], *, suffix: str | None = None,
         raise UsageError(f"{what} {str(out)!r} must name a {suffix} file")
     if path.is_dir():
         raise UsageError(f"{what} {str(out)!r} is a directory, not a file")
-    check_output_dir(path.parent if str(path.parent) else ".")
+    try:
+        check_output_dir(path.parent if str(path.parent) else ".")
+    except UsageError as exc:  # name the file the user gave, not only its directory
+        raise UsageError(f"{what} {str(out)!r} cannot be written: {exc}") from None
     return path

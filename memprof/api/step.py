@@ -9,7 +9,7 @@ sizes with estimates (:func:`memprof.aggregation.fit.search_batch_size`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,8 @@ def check_step_args(
                     bool(estimate))
 
 
-def run_profile_step(model: nn.Module, args: StepArgs, *, name: str | None = None, seed: int = 0) -> StepProfile:
+def run_profile_step(model: nn.Module, args: StepArgs, *, name: str | None = None, seed: int = 0,
+                     loss_fn: Callable[[Any], torch.Tensor] | None = None) -> StepProfile:
     """The profile for checked arguments (:func:`check_step_args`); nothing is checked again.
 
     Raises:
@@ -72,7 +73,7 @@ def run_profile_step(model: nn.Module, args: StepArgs, *, name: str | None = Non
     if not isinstance(model, nn.Module):
         raise UsageError(f"expected an nn.Module, got {type(model).__name__}")
     record = record_step(model, args.batch_size, args.input_shape, optimizer=args.optimizer, dtype=args.dtype,
-                         device=args.device, estimate=args.estimate, seed=seed)
+                         device=args.device, estimate=args.estimate, seed=seed, loss_fn=loss_fn)
     profile = StepProfile.from_data(build_profile(
         record, name=name or type(model).__name__, batch_size=args.batch_size, input_shape=args.input_shape,
         device=args.device, dtype=args.dtype, optimizer=args.optimizer,
@@ -94,6 +95,7 @@ def profile_step(
     estimate: bool = False,
     name: str | None = None,
     seed: int = 0,
+    loss_fn: Callable[[Any], torch.Tensor] | None = None,
 ) -> StepProfile:
     """Measure (or estimate) the memory of one steady-state training step.
 
@@ -109,15 +111,18 @@ def profile_step(
         estimate: run under FakeTensorMode instead of allocating.
         name: the model name shown (default: the class name).
         seed: seeds the input batch and targets.
+        loss_fn: ``loss_fn(output) -> scalar tensor``, the loss of the step; by default the loss is
+            chosen by name and reported (NOTE [ Which output the loss is taken of ] in
+            :mod:`memprof.recording.runner`): cross-entropy of the ``logits`` or of a lone tensor.
 
     Returns:
-        The :class:`~memprof.rendering.step.StepProfile`.
+        The :class:`~memprof.rendering.step.StepProfile`; its ``loss`` says what the loss was.
 
     Raises:
         UsageError: for a bad argument, or an input shape the model rejects.
     """
     args = check_step_args(batch_size, input_shape, optimizer, dtype, device, estimate)
-    return run_profile_step(model, args, name=name, seed=seed)
+    return run_profile_step(model, args, name=name, seed=seed, loss_fn=loss_fn)
 
 
 def fit_batch_size(

@@ -8,11 +8,16 @@ Every verb lives in its own module with ``add_parser(subparsers)``; the parser i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from ..errors import OutOfMemory, is_out_of_memory, out_of_memory
 from ..validation import UsageError
+from ._quiet import filtered_stderr
 from ..version import __version__
 
 __all__ = ["main", "VERBS"]
@@ -30,7 +35,16 @@ VERBS: dict[str, str] = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line on stderr and exit code 2."""
+    """argparse, but usage errors are one line on stderr and exit code 2.
+
+    A value that starts with a minus and a digit (``--memory -5GiB``) is taken as a value, so
+    that the option's own check says what is wrong with it; argparse alone takes only plain
+    negative numbers, and calls ``-5GiB`` a missing argument. No memprof option starts with a digit.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -54,11 +68,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad input)."""
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    # NOTE [ Profiler chatter on stderr ]; train may start torchrun workers that share fd 2: left alone
+    quiet = filtered_stderr() if args.verb != "train" else contextlib.nullcontext()
     try:
-        return int(args.func(args) or 0)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        with quiet:
+            return int(args.func(args) or 0)
+    except (UsageError, ValueError, TypeError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"memprof {args.verb}: error: {msg}", file=sys.stderr)
+        return 2
+    except (OutOfMemory, RuntimeError, MemoryError) as exc:  # NOTE [ Out of memory is a result ]
+        if not is_out_of_memory(exc):
+            raise
+        batch = getattr(args, "batch_size", None)
+        text = str(exc) if isinstance(exc, OutOfMemory) else str(out_of_memory(exc, int(batch) if batch else 0))
+        print(f"memprof {args.verb}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("memprof: interrupted", file=sys.stderr)

@@ -26,6 +26,8 @@ def _call_factory(spec: str, obj: Any) -> Any:
     """Call a user's factory, reporting its failure in one line."""
     try:
         return obj()
+    except SystemExit as exc:  # a factory that exits (argparse inside it, sys.exit): one line, not exit code 3
+        raise UsageError(f"model factory {spec!r} called sys.exit({exc.code!r}) instead of returning a model") from None
     except Exception as exc:  # the user's factory: report it in one line
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise UsageError(f"model factory {spec!r} failed: {type(exc).__name__}: {first}") from exc

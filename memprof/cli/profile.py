@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="estimate under FakeTensorMode instead of measuring; for cuda applies the "
                    "caching-allocator model (default: off)")
     p.add_argument("--format", default="text", help=f"{', '.join(FORMATS)} (default: text)")
+    p.add_argument("--top", default="10", metavar="N",
+                   help="per-module section: the N modules with the largest peak, in model order; 0: all "
+                   "(default: 10, so that a terminal shows the whole report; --format json lists every module)")
+    p.add_argument("--depth", default=None, metavar="N",
+                   help="per-module section: modules nested at most N deep (the model's children are depth 1) "
+                   "(default: any depth)")
     p.add_argument("--timeline", default=None, metavar="PATH.png",
                    help="also write the timeline of live bytes by category (default: none)")
     p.set_defaults(func=run)
@@ -38,16 +44,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..api.step import check_step_args, run_profile_step
-    from ..validation import check_format, check_output_file
+    from ..validation import check_format, check_non_negative_int, check_output_file
     from ._common import build_model, resolve_model
 
     fmt = check_format(args.format)
+    top = check_non_negative_int("--top", args.top)
+    depth = None if args.depth is None else check_non_negative_int("--depth", args.depth)
     if args.timeline is not None:
         check_output_file(args.timeline, suffix=".png", what="--timeline")
     model, name, shape = resolve_model(args.model, args.input_shape)
     checked = check_step_args(args.batch_size, shape, args.optimizer, args.dtype, args.device, args.estimate)
     prof = run_profile_step(build_model(model), checked, name=name)
-    print(prof.render(fmt), end="")
+    print(prof.render(fmt, depth=depth, top=top), end="")
     if args.timeline is not None:
         prof.plot(args.timeline)
         print(f"wrote {args.timeline}", file=sys.stderr)

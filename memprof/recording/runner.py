@@ -20,13 +20,14 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..errors import is_out_of_memory, out_of_memory
 from ..validation import UsageError, check_optimizer
 from ..vocabulary import Optimizer, Phase, dtype_name
 from .allocations import (
@@ -40,7 +41,10 @@ from .attribution import StorageTracker
 __all__ = [
     "StepRecord",
     "StepSetup",
+    "HOW_TO_CHOOSE",
+    "StepLoss",
     "compute_loss",
+    "select_output",
     "make_optimizer",
     "measure_step",
     "record_step",
@@ -63,21 +67,77 @@ def make_optimizer(name: str, params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)
 
 
-def _first_output(output: Any) -> Any:
-    """The tensor a loss is taken of: the first of a tuple/list, the first value of a dict."""
+# NOTE [ Which output the loss is taken of ]
+# A profile runs a training step, so it needs a loss, and a wrong guess changes what is
+# measured (a loss over a (B, 8192) feature map leaves the classifier head without gradients).
+# The output the loss is taken of is chosen by name, never by position, and always reported:
+# a tensor is itself; a mapping (a dict, a Hugging Face ModelOutput) gives its ``loss`` (used as
+# is) or else its ``logits`` or else its only tensor; a tuple or list gives its only tensor.
+# Several tensors and no such name is an error that says how to choose: ``loss_fn`` (a function
+# of the output returning the loss) or the general step profiler, ``memprof.track()``.
+# Cross-entropy with random class targets is taken of (B, classes) scores, the mean otherwise.
+HOW_TO_CHOOSE = ("pass loss_fn= to memprof.profile_step (a function of the model's output returning the loss), "
+                 "or profile your own training step with memprof.track()")
+
+
+def select_output(output: Any) -> tuple[str, torch.Tensor]:
+    """``(name, tensor)`` of the output a loss is taken of (NOTE [ Which output the loss is taken of ]).
+
+    Raises:
+        UsageError: when the output holds several tensors and none is named ``loss`` or ``logits``.
+    """
+    if isinstance(output, torch.Tensor):
+        return "output", output
+    if isinstance(output, Mapping):
+        tensors = {str(k): v for k, v in output.items() if isinstance(v, torch.Tensor)}
+        for key in ("loss", "logits"):
+            if key in tensors:
+                return key, tensors[key]
+        if len(tensors) == 1:
+            return next(iter(tensors.items()))
+        raise UsageError(f"the model returns {len(tensors)} tensors ({', '.join(tensors) or 'none'}) and none is "
+                         f"named loss or logits, so the loss cannot be chosen: {HOW_TO_CHOOSE}")
     if isinstance(output, (tuple, list)):
-        return output[0]
-    if isinstance(output, dict):
-        return next(iter(output.values()))
-    return output
+        idx = [i for i, v in enumerate(output) if isinstance(v, torch.Tensor)]
+        if len(idx) == 1:
+            return f"output[{idx[0]}]", output[idx[0]]
+        raise UsageError(f"the model returns a {type(output).__name__} of {len(idx)} tensors, so the loss cannot "
+                         f"be chosen: {HOW_TO_CHOOSE}")
+    raise UsageError(f"the model returns a {type(output).__name__}, not a tensor: {HOW_TO_CHOOSE}")
+
+
+class StepLoss:
+    """The loss of a profiled step, and what it was taken of (NOTE [ Which output the loss is taken of ]).
+
+    Call it as ``loss(output, targets)``; afterwards :attr:`choice` says ``{"output": name,
+    "function": "cross_entropy" | "mean" | "as returned" | "loss_fn"}``.
+
+    Args:
+        loss_fn: the user's ``loss_fn(output) -> scalar tensor``; None chooses by the rules.
+    """
+
+    def __init__(self, loss_fn: Callable[[Any], torch.Tensor] | None = None) -> None:
+        self.loss_fn = loss_fn
+        self.choice: dict[str, str] = {}
+
+    def __call__(self, output: Any, targets: torch.Tensor | None) -> torch.Tensor:
+        if self.loss_fn is not None:
+            self.choice = {"output": "the whole output", "function": "loss_fn"}
+            return self.loss_fn(output)
+        key, t = select_output(output)
+        if key == "loss":
+            self.choice = {"output": key, "function": "as returned"}
+            return t if t.dim() == 0 else t.float().mean()
+        if targets is not None and t.dim() == 2:
+            self.choice = {"output": key, "function": "cross_entropy"}
+            return nn.functional.cross_entropy(t, targets)
+        self.choice = {"output": key, "function": "mean"}
+        return t.float().mean()
 
 
 def compute_loss(output: Any, targets: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy for (B, classes) logits with integer targets; the mean otherwise."""
-    output = _first_output(output)
-    if targets is not None and output.dim() == 2:
-        return nn.functional.cross_entropy(output, targets)
-    return output.float().mean()
+    """The loss chosen by NOTE [ Which output the loss is taken of ] (a fresh :class:`StepLoss`)."""
+    return StepLoss()(output, targets)
 
 
 def _sync(device: torch.device) -> None:
@@ -100,6 +160,7 @@ def run_step(
     tracker: StorageTracker | None = None,
     allocator: Any = None,
     phase_times: dict[str, float] | None = None,
+    loss_fn: Callable[[Any, torch.Tensor | None], torch.Tensor] = compute_loss,
 ) -> torch.Tensor:
     """Forward, loss, backward and optimizer step (gradients must have been set to None before).
 
@@ -109,6 +170,7 @@ def run_step(
         allocator: an allocator tracker whose ``phase(name)`` context brackets each phase.
         phase_times: if given, filled with the time of each phase in seconds: CPU time of the
             process on the CPU (robust to other processes' load), wall time on CUDA (synchronised).
+        loss_fn: ``loss_fn(output, targets)``, a :class:`StepLoss` (default: :func:`compute_loss`).
 
     Returns:
         The loss (detached).
@@ -130,7 +192,7 @@ def run_step(
     set_phase(Phase.FORWARD.value)
     with marks.phase(Phase.FORWARD.value):
         output = model(inputs)
-        loss = compute_loss(output, targets)
+        loss = loss_fn(output, targets)
     set_phase(Phase.BACKWARD.value)
     with marks.phase(Phase.BACKWARD.value):
         loss.backward()
@@ -158,6 +220,8 @@ class StepRecord:
         cuda_model: for a CUDA estimate, ``(allocated, reserved)`` bytes after every event of the
             storage stream replayed through the caching-allocator model.
         cuda_not_modelled: what that model leaves out (said with every CUDA estimate).
+        loss_choice: the output the loss was taken of and the loss function
+            (NOTE [ Which output the loss is taken of ]).
     """
 
     loss: torch.Tensor
@@ -168,6 +232,7 @@ class StepRecord:
     traced_on: torch.device | None = None
     cuda_model: tuple[np.ndarray, np.ndarray] | None = None
     cuda_not_modelled: tuple[str, ...] = ()
+    loss_choice: dict[str, str] = field(default_factory=dict)
 
 
 def measure_step(
@@ -176,6 +241,7 @@ def measure_step(
     inputs: torch.Tensor,
     targets: torch.Tensor | None,
     allocator: CpuAllocatorTracker | CudaAllocatorTracker | None = None,
+    loss_fn: Callable[[Any, torch.Tensor | None], torch.Tensor] = compute_loss,
 ) -> StepRecord:
     """Run one step under the storage tracker (and the allocator tracker, if given).
 
@@ -190,7 +256,7 @@ def measure_step(
     gc.collect()
     if allocator is None:
         with tracker.track():
-            loss = run_step(model, optimizer, inputs, targets, tracker)
+            loss = run_step(model, optimizer, inputs, targets, tracker, loss_fn=loss_fn)
         return StepRecord(loss, tracker, None, None, traced_on=device)
     if isinstance(allocator, CudaAllocatorTracker):
         tracker.listener = allocator
@@ -198,30 +264,34 @@ def measure_step(
         with tracker.track():
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            loss = run_step(model, optimizer, inputs, targets, tracker, allocator)
+            loss = run_step(model, optimizer, inputs, targets, tracker, allocator, loss_fn=loss_fn)
             _sync(device)
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return StepRecord(loss, tracker, allocator.result, elapsed, cpu, traced_on=device)
 
 
 def warm_up(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, make_targets: Callable[[Any], Any]
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, make_targets: Callable[[Any], Any],
+    loss_fn: Callable[[Any, torch.Tensor | None], torch.Tensor] = compute_loss,
 ) -> torch.Tensor | None:
     """One step that creates the optimizer state; returns the targets it drew.
 
     Raises:
         UsageError: when the model rejects the input, naming its shape and the model's error.
+        memprof.errors.OutOfMemory: when the forward runs out of memory (NOTE [ Out of memory is a result ]).
     """
     try:
         out = model(x)
-    except (RuntimeError, ValueError, IndexError) as exc:
+    except (RuntimeError, ValueError, IndexError, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, x.shape[0], x.device) from None
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(
             f"the model rejects an input of shape {tuple(x.shape[1:])} (batch {x.shape[0]}, "
             f"{dtype_name(x.dtype)}, {x.device.type}): {msg}"
         ) from None
     targets = make_targets(out)
-    loss = compute_loss(out, targets)
+    loss = loss_fn(out, targets)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -233,8 +303,11 @@ def targets_for(batch_size: int, device: torch.device, seed: int) -> Callable[[A
     """A function drawing class targets for a model's output (None unless it is (B, classes) logits)."""
 
     def make(out: Any) -> torch.Tensor | None:
-        out = _first_output(out)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        try:
+            _, out = select_output(out)
+        except UsageError:  # no output to draw targets for: the loss says why (or loss_fn needs none)
+            return None
+        if out.dim() != 2:
             return None
         g = torch.Generator().manual_seed(seed + 1)
         t = torch.randint(out.shape[1], (batch_size,), generator=g)
@@ -265,6 +338,7 @@ def record_step(
     device: torch.device,
     estimate: bool,
     seed: int = 0,
+    loss_fn: Callable[[Any], torch.Tensor] | None = None,
 ) -> StepRecord:
     """Record one steady-state training step of a copy of ``model`` (arguments already checked).
 
@@ -278,22 +352,34 @@ def record_step(
         dtype, device: of parameters and inputs.
         estimate: run on a fake copy instead of allocating.
         seed: seeds the input batch and the targets.
+        loss_fn: ``loss_fn(output) -> loss``; None chooses (NOTE [ Which output the loss is taken of ]).
 
     Returns:
         The :class:`StepRecord` (with the allocator's result when measured).
 
     Raises:
-        UsageError: when the model rejects the input.
+        UsageError: when the model rejects the input, or its output leaves the loss ambiguous.
+        memprof.errors.OutOfMemory: when a measured step does not fit (NOTE [ Out of memory is a result ]).
     """
+    step_loss = StepLoss(loss_fn)
     if estimate:
-        return _record_fake_step(model, batch_size, input_shape, optimizer, dtype, device, seed)
-    work = copy.deepcopy(model).to(device=device, dtype=dtype)
-    work.train()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch_size, *input_shape), generator=g).to(device=device, dtype=dtype)
-    opt = make_optimizer(optimizer, work.parameters())
-    targets = warm_up(work, opt, x, targets_for(batch_size, device, seed))
-    return measure_step(work, opt, x, targets, allocator=make_allocator_tracker(device))
+        record = _record_fake_step(model, batch_size, input_shape, optimizer, dtype, device, seed, step_loss)
+        record.loss_choice = dict(step_loss.choice)
+        return record
+    try:
+        work = copy.deepcopy(model).to(device=device, dtype=dtype)
+        work.train()
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn((batch_size, *input_shape), generator=g).to(device=device, dtype=dtype)
+        opt = make_optimizer(optimizer, work.parameters())
+        targets = warm_up(work, opt, x, targets_for(batch_size, device, seed), step_loss)
+        record = measure_step(work, opt, x, targets, allocator=make_allocator_tracker(device), loss_fn=step_loss)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(exc, batch_size, device) from None
+    record.loss_choice = dict(step_loss.choice)
+    return record
 
 
 # NOTE [ CUDA estimates without a GPU ]
@@ -303,7 +389,7 @@ def record_step(
 # reserve space) and the caching-allocator model is applied to that trace.
 def _record_fake_step(
     model: nn.Module, batch_size: int, input_shape: tuple[int, ...], optimizer: str,
-    dtype: torch.dtype, device: torch.device, seed: int,
+    dtype: torch.dtype, device: torch.device, seed: int, step_loss: StepLoss,
 ) -> StepRecord:
     """:func:`record_step` under FakeTensorMode (NOTE [ CUDA estimates without a GPU ])."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -317,8 +403,8 @@ def _record_fake_step(
     with mode, _quiet_fake_tensor_log():
         x = torch.empty((batch_size, *input_shape), dtype=dtype, device=trace_dev)
         opt = make_optimizer(optimizer, work.parameters())
-        targets = warm_up(work, opt, x, targets_for(batch_size, trace_dev, seed))
-        record = measure_step(work, opt, x, targets)
+        targets = warm_up(work, opt, x, targets_for(batch_size, trace_dev, seed), step_loss)
+        record = measure_step(work, opt, x, targets, loss_fn=step_loss)
     record.traced_on = trace_dev
     if device.type == "cuda":
         tracker = record.tracker
