@@ -34,15 +34,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api.step import fit_batch_size
-    from ..rendering.fit import BatchFit
-    from ..validation import check_format, parse_memory
+    from ..api.step import fit_batch
+    from ..validation import UsageError, check_format, parse_memory
     from ._common import build_model, resolve_model
 
     fmt = check_format(args.format, FORMATS)
     budget = parse_memory(args.memory)
     model, name, shape = resolve_model(args.model, args.input_shape)
-    batch, prof = fit_batch_size(build_model(model), budget, shape, optimizer=args.optimizer, dtype=args.dtype,
-                                 device=args.device, name=name)
-    print(BatchFit(name, budget, args.device, args.dtype, args.optimizer, batch, prof).render(fmt), end="")
+    found = fit_batch(build_model(model), budget, shape, optimizer=args.optimizer, dtype=args.dtype,
+                      device=args.device, name=name)
+    if found.profile is None:  # the budget is below the smallest batch: an answer the caller cannot use
+        raise UsageError(found.nothing_fits().split(": ", 1)[1])
+    print(found.render(fmt), end="")
     return 0
