@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import OutOfMemory, is_out_of_memory, out_of_memory
 from ..validation import UsageError
-from ._quiet import filtered_stderr
 from ..version import __version__
+from ._quiet import filtered_stderr
 
 __all__ = ["main", "VERBS"]
 
@@ -50,8 +50,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser, with every verb of :data:`VERBS`."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser: every verb of :data:`VERBS`; only the verb named in ``argv`` with all its options.
+
+    Building a verb's options can import torch (model names, strategy names, the training
+    defaults); ``memprof --help`` and another verb's run need none of that (NOTE [ Starting
+    without torch ] in :mod:`memprof.vocabulary`). Without ``argv`` every verb is built in full.
+    """
     parser = _Parser(
         prog="memprof",
         description="Where the memory of a PyTorch training step goes, layer by layer.",
@@ -59,15 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"memprof {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
-    for module_name in VERBS.values():
-        importlib.import_module(module_name).add_parser(sub)
+    wanted = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for verb, module_name in VERBS.items():
+        module = importlib.import_module(module_name)
+        if wanted is None or verb == wanted:
+            module.add_parser(sub)
+        else:
+            sub.add_parser(verb, help=module.HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     # NOTE [ Profiler chatter on stderr ]; train may start torchrun workers that share fd 2: left alone
     quiet = filtered_stderr() if args.verb != "train" else contextlib.nullcontext()
     try:

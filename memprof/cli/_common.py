@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported when a model is loaded, not for --help
+    from torch import nn
 
 from ..validation import UsageError, parse_input_shape
 
@@ -15,11 +16,11 @@ __all__ = ["build_model", "load_model", "model_help", "resolve_model", "write_ou
 
 
 def model_help() -> str:
-    """The help text of a MODEL argument, listing the registered names."""
-    from ..models import list_models
+    """The help text of a MODEL argument, naming the built-in models (without importing them)."""
+    from ..vocabulary import BUILTIN_MODELS
 
-    return (f"a registered model ({', '.join(list_models())}) or package.module:factory "
-            "(a callable returning an nn.Module; needs --input-shape)")
+    return (f"a registered model ({', '.join(BUILTIN_MODELS)}, or one registered with register_model) or "
+            "package.module:factory (a callable returning an nn.Module; needs --input-shape)")
 
 
 def _call_factory(spec: str, obj: Any) -> Any:
@@ -48,6 +49,8 @@ def load_model(spec: str) -> str | nn.Module:
         memprof.validation.UsageError: for an unknown name (listing the registered ones), a
             module or attribute that cannot be imported, or a factory that returns no ``nn.Module``.
     """
+    from torch import nn
+
     from ..models import list_models
 
     if ":" not in spec:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..vocabulary import DTYPES, FORMATS
+from ..vocabulary import DTYPE_NAMES, FORMATS
+
+
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = ("memory of one training step: allocator peak, breakdown at the peak, module peaks")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "profile",
-        help="memory of one training step: allocator peak, breakdown at the peak, module peaks",
+        help=HELP,
         description="Run one steady-state training step (forward, loss, backward, optimizer step, "
         "after one warm-up step) and report its peak at the allocator, the live bytes at the peak "
         "by category, the activation peak, per-module forward/backward peaks and the step time. "
@@ -25,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="one sample's shape, e.g. 3,32,32 (default: the registered model's; "
                    "required for package.module:factory)")
     p.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam (default: sgd)")
-    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
+    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPE_NAMES)} (default: float32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--estimate", action="store_true",
                    help="estimate under FakeTensorMode instead of measuring; for cuda applies the "
@@ -43,15 +47,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api.step import check_step_args, run_profile_step
     from ..validation import check_format, check_non_negative_int, check_output_file
-    from ._common import build_model, resolve_model
 
+    # the checks that need no torch first: a typo is answered at once (NOTE [ Starting without torch ])
     fmt = check_format(args.format)
     top = check_non_negative_int("--top", args.top)
     depth = None if args.depth is None else check_non_negative_int("--depth", args.depth)
     if args.timeline is not None:
         check_output_file(args.timeline, suffix=".png", what="--timeline")
+    from ..api.step import check_step_args, run_profile_step
+    from ._common import build_model, resolve_model
+
     model, name, shape = resolve_model(args.model, args.input_shape)
     checked = check_step_args(args.batch_size, shape, args.optimizer, args.dtype, args.device, args.estimate)
     prof = run_profile_step(build_model(model), checked, name=name)

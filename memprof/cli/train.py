@@ -7,6 +7,10 @@ import shlex
 import sys
 
 
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = ("train/evaluate a model on CIFAR-10 with the deck's recipe (works under torchrun)")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..models import list_models
     from ..train.config import DEVICES, AmpMode, TrainConfig
@@ -14,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = sub.add_parser(
         "train",
-        help="train/evaluate a model on CIFAR-10 with the deck's recipe (works under torchrun)",
+        help=HELP,
         description=(
             "Train MODEL on CIFAR-10 with SGD + momentum and a step learning-rate schedule (the deck: "
             "lr 0.1 divided by 10 every 50 epochs, 300 epochs), logging every epoch to "
