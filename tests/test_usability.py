@@ -549,3 +549,19 @@ def test_no_verb_leaks_a_traceback_for_unwritable_outputs(tmp_path):
     blocker.write_text("x")
     proc = run_cli("sweep", "--models", "vgg19", "--batch-sizes", "1", "--out", str(blocker / "sub"))
     assert_one_line_error(proc, str(blocker / "sub"))
+
+
+def test_builtin_model_names_for_help_are_the_registered_ones():
+    from memprof.models import list_models
+    from memprof.vocabulary import BUILTIN_MODELS
+
+    # --help names them without importing torch: every name it gives must be a model
+    assert set(BUILTIN_MODELS) <= set(list_models()), sorted(set(BUILTIN_MODELS) - set(list_models()))
+
+
+def test_every_public_name_resolves():
+    import memprof
+
+    for name in memprof.__all__:
+        assert getattr(memprof, name) is not None, name
+    assert "profile_step" in dir(memprof)
