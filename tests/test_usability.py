@@ -115,7 +115,7 @@ def test_measured_sweep_marks_the_failing_size_and_keeps_the_others(tmp_path):
 def test_measured_sweep_plot_marks_out_of_memory_rows():
     code = textwrap.dedent(f"""
         import json, memprof
-        r = memprof.sweep("vgg19", "1,{OOM_BATCH}", mode="measure", progress=False)
+        r = memprof.sweep("vgg19", "1,{OOM_BATCH}", mode="measured", progress=False)
         fig = r.plot()
         texts = [t.get_text() for ax in fig.axes for t in ax.texts]
         texts += [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
