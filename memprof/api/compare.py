@@ -131,6 +131,7 @@ def time_strategies(
     optimizer: str,
     repeats: int,
     on_round: Callable[[], Any] | None = None,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, list[float]]:
     """Time one training step of each model, round by round (NOTE [ Step times side by side ]).
 
@@ -140,6 +141,8 @@ def time_strategies(
         device, dtype, optimizer: as for :func:`memprof.api.step.profile_step`.
         repeats: rounds.
         on_round: called after each round (a progress bar's update).
+        failures: if given, a model whose warm-up step runs out of memory is left out of the
+            timing and its status recorded here (otherwise the error propagates).
 
     Returns:
         Strategy name -> step times in seconds (wall time), one per round.
@@ -152,7 +155,15 @@ def time_strategies(
         model.to(device=device, dtype=dtype).train()
         opt = make_optimizer(optimizer, model.parameters())
         opt.zero_grad(set_to_none=True)
-        run_step(model, opt, x, y)  # warm-up: optimizer state, kernels, allocator caches
+        try:
+            run_step(model, opt, x, y)  # warm-up: optimizer state, kernels, allocator caches
+        except (RuntimeError, MemoryError) as exc:  # NOTE [ Out of memory is a result ]: not timed
+            if failures is None or not is_out_of_memory(exc):
+                raise
+            failures[name] = out_of_memory(exc, batch_size, device).status + " (its step could not be timed)"
+            del opt
+            gc.collect()
+            continue
         setups[name] = StepSetup(model, opt, x, y)
     times = time_steps(setups, repeats, clock=time.perf_counter, on_round=on_round)
     return {name: t.rounds for name, t in times.items()}
@@ -186,7 +197,8 @@ def run_comparison(args: CompareArgs, *, progress: bool | None = False) -> Strat
             bar.set_postfix_str("step times")
             timed = {n: m for n, m in models.items() if n not in failures}  # what did not fit is not timed
             times = time_strategies(timed, args.batch_size, INPUT_SHAPE, device=args.device, dtype=args.dtype,
-                                    optimizer=args.optimizer, repeats=args.repeats, on_round=lambda: bar.update(1))
+                                    optimizer=args.optimizer, repeats=args.repeats, on_round=lambda: bar.update(1),
+                                    failures=failures)
     finally:
         bar.close()
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
