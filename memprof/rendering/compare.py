@@ -36,8 +36,8 @@ class StrategyComparison(ComparisonData, Result):
         """One row per strategy; bytes and parameters as integers, ratios as floats."""
         import pandas as pd
 
-        cols = ["strategy", "status", "model", "params", "activation_peak_bytes", "peak_bytes", "activation_ratio",
-                "peak_ratio", "time_ratio", "time_ratio_min", "time_ratio_max", "step_time_s", "description"]
+        cols = ["strategy", "model", "params", "activation_peak_bytes", "peak_bytes", "activation_ratio",
+                "peak_ratio", "time_ratio", "time_ratio_min", "time_ratio_max", "step_time_s", "description", "status"]
         df = pd.DataFrame(self.rows, columns=cols)
         df["status"] = df["status"].fillna("ok")
         for c in ("activation_peak_bytes", "peak_bytes"):
