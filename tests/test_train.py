@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import csv
 import urllib.error
 from pathlib import Path
@@ -83,7 +85,8 @@ def test_classification_report_numbers_and_deck_layout(tmp_path: Path) -> None:
     assert png in paths and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "classification_report.txt").read_text().startswith("hdr\nsecond line\n")
     csv_lines = (tmp_path / "classification_report.csv").read_text().splitlines()
-    assert csv_lines[:3] == ["# hdr", "# second line", "label,name,precision,recall,f1-score,support"]
+    assert csv_lines[0] == "label,name,precision,recall,f1-score,support"  # plain CSV: provenance in .txt/.json
+    assert json.loads((tmp_path / "classification_report.json").read_text())["provenance"] == "hdr\nsecond line"
 
 
 def test_zero_division_and_bad_labels() -> None:
