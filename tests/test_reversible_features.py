@@ -372,28 +372,41 @@ def rng_bytes(y: torch.Tensor) -> list[int]:
     return sizes
 
 
-def test_rng_state_costs_a_few_bytes_per_block_that_draws_few_numbers() -> None:
-    """Dropout on 32 elements per branch draws a few numbers: a few bytes per block, one state per chain."""
+@pytest.mark.parametrize("shape", [(1, 2, 4, 4), (4, 16, 16, 16)])
+def test_rng_state_costs_a_few_bytes_per_block(shape: tuple[int, ...]) -> None:
+    """8 bytes per region that drew numbers, however many it drew (16 per coupling with dropout)."""
     torch.manual_seed(12)
-    x = torch.randn(1, 2, 4, 4, requires_grad=True)  # halves of 16 elements
-    sizes = rng_bytes(dropout_seq(64, c=1)(x))
-    full = torch.get_rng_state().nbytes
-    assert len(sizes) == 64 and all(s > 0 for s in sizes)  # every block consumed randomness
-    assert sizes[-1] >= full  # the first block (last node walked) pays the chain's one full state
-    # each refill of mt19937's table (every 624 draws, a few in this chain) costs one state:
-    # far below one full state per region (2 per coupling), what checkpoint-style recording keeps
-    assert sum(sizes) <= 0.1 * 2 * 64 * full, sizes
-    assert sorted(sizes)[len(sizes) // 2] <= 64  # the median block keeps a few bytes
+    x = torch.randn(*shape, requires_grad=True)
+    sizes = rng_bytes(dropout_seq(64, c=shape[1] // 2)(x))
+    assert sizes == [16] * 64
+    assert rng_bytes(make_deterministic(x.shape[1])(x)) == [0] * 4
 
 
-def test_rng_state_never_costs_more_than_a_full_state_per_region() -> None:
-    """Dropout on big CPU tensors rewrites the generator's table every call: one state per region at most."""
-    torch.manual_seed(12)
-    x = torch.randn(2, 16, 16, 16, requires_grad=True)
-    sizes = rng_bytes(dropout_seq(8, c=8)(x))
-    full = torch.get_rng_state().nbytes
-    assert all(0 < s <= 2 * full for s in sizes[:-1])  # two regions (F, G) per coupling
-    assert sizes[-1] <= 3 * full
+def make_deterministic(channels: int) -> ReversibleSequence:
+    c = channels // 2
+    return ReversibleSequence([AdditiveCoupling(nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1)) for _ in range(4)])
+
+
+def test_rng_stream_after_a_sequence() -> None:
+    """A deterministic sequence leaves the generator alone; one with dropout advances it by a
+    seed per region, the same in both modes and whatever the number of numbers drawn."""
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    seq = make_deterministic(8)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    seq(x).sum().backward()
+    assert torch.equal(torch.get_rng_state(), state)
+    after = []
+    for batch in (2, 6):
+        for reversible in (True, False):
+            torch.manual_seed(1)
+            seq = dropout_seq(3)
+            seq.reversible = reversible
+            xb = torch.randn(batch, 8, 4, 4, requires_grad=True)
+            torch.manual_seed(2)
+            seq(xb).sum().backward()
+            after.append(torch.rand(4))
+    assert all(torch.equal(a, after[0]) for a in after)
 
 
 def test_rng_replay_out_of_order_and_twice() -> None:
@@ -427,8 +440,8 @@ def test_cuda_dropout_keeps_only_the_cuda_generator() -> None:
     y = rev(x.clone().requires_grad_())
     node = y.grad_fn
     while node is not None and type(node).__name__ == "_ReversibleBlockFunctionBackward":
-        for cpu_k, cuda_state in node.tape.states.values():
-            assert cpu_k is None and cuda_state is not None and cuda_state.nbytes <= 16
+        for seed, cuda_state in node.tape.states.values():
+            assert seed is None and cuda_state is not None and cuda_state.nbytes <= 16
         node = node.next_functions[0][0]
     grads = []
     for m in (rev, plain):

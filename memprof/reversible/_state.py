@@ -12,25 +12,26 @@ from torch import nn
 # NOTE [ RNG state for recomputation ]
 # A reversible backward runs F and G a second time. Dropout (or any other RNG use) inside them
 # must draw the very same numbers, or the rebuilt activations and the gradients are wrong.
-# torch.utils.checkpoint stores the whole RNG state before every checkpointed region. We keep a
-# state only when the region actually consumed randomness (the state is read before and after
-# the region and kept only if it changed), and we keep it compactly:
-# - CPU: the generator state is 5 KiB (mt19937), but a region rarely changes more than a few of
-#   its bytes unless it drew many numbers: a region that draws fewer than 624 32-bit numbers
-#   and does not cross a refill of mt19937's 624-word table changes only the position fields
-#   (a few bytes); a larger draw (dropout on a big CPU tensor draws per element) rewrites the
-#   table, about half of the 5 KiB. A chain of blocks therefore shares one RngLog: the latest
-#   state in full, and per recorded region an undo entry that turns it into the one before:
-#   the changed bytes (index, old byte: 4 bytes each) when few changed, else the whole
-#   earlier state. Replaying region k walks a working copy down from the latest state, one
-#   entry per step in backward's order. Host memory: 5 KiB per chain, plus per region that
-#   consumed randomness a few bytes (small draws) and at most one full state (large draws,
-#   never more than storing every state in full, as torch.utils.checkpoint does).
-# - CUDA: each generator is 16 bytes (seed, offset); only a generator whose state the region
-#   changed is kept (dropout on the GPU leaves the CPU generator alone, and vice versa).
-# A deterministic block costs nothing. On replay the current state is saved, the recorded one
-# set, the region run, and the current state restored, so backward leaves the user's RNG
-# stream where it found it.
+# torch.utils.checkpoint stores the whole RNG state before every checkpointed region: 5 KiB of
+# CPU generator state (mt19937) per region, memory that grows with depth, the very thing a
+# reversible network exists to avoid. The CPU state cannot be stored compactly after the
+# fact: dropout on a CPU tensor draws one number per element, so a region typically rewrites
+# the generator's whole 624-word table, and the number of draws is not recorded anywhere.
+# So a region of a ReversibleSequence draws from a seed of its own instead:
+# - CPU: before the region a 64-bit seed is drawn from the CPU generator, the generator is
+#   seeded with it, the region runs, and the generator is put back where it was just after
+#   drawing the seed. If the region drew nothing (a deterministic block), the generator is put
+#   back where it was before the seed, as if nothing happened, and nothing is kept; otherwise
+#   the region's 8-byte seed is kept, and replaying it is seeding with it again. The user's
+#   stream after the sequence therefore depends on which blocks drew numbers, not on how many.
+#   Both modes of a sequence do this (reversible=False too), so the twins draw the same
+#   numbers; only the masks differ from those of the same modules run outside a
+#   ReversibleSequence (same distribution, other numbers).
+# - CUDA: a generator's state is 16 bytes (seed, offset): it is kept as it is, and only when
+#   the region changed it (dropout on the GPU leaves the CPU generator alone, and vice versa).
+# On replay the current state is saved, the recorded seed or state set, the region run, and
+# the current state restored, so backward leaves the user's RNG stream where it found it.
+# Under FakeTensorMode (memprof's estimates) nothing is recorded or reseeded.
 
 
 def _is_fake(t: torch.Tensor) -> bool:
@@ -38,81 +39,24 @@ def _is_fake(t: torch.Tensor) -> bool:
     return t.device.type == "meta" or type(t).__name__ == "FakeTensor"
 
 
-class RngLog:
-    """The CPU generator states recorded by one chain: the latest in full, earlier ones as undo patches."""
-
-    __slots__ = ("_at", "_cursor", "_end", "_undo")
-
-    def __init__(self) -> None:
-        self._end: torch.Tensor | None = None  # (5056,) uint8: the latest state recorded
-        #: entry j-1 turns state j back into state j-1: a (2, n) int16 patch (byte index, old
-        #: byte) when few bytes changed, else the whole earlier state (uint8), whichever is smaller
-        self._undo: list[torch.Tensor] = []
-        self._cursor: torch.Tensor | None = None  # a working copy, state number self._at
-        self._at = -1
-
-    def append(self, state: torch.Tensor) -> int:
-        """Record ``state``; returns its number for :meth:`state`."""
-        self._cursor, self._at = None, -1
-        if self._end is None:
-            self._end = state.clone()
-            return 0
-        end = self._end
-        where = (end != state).nonzero().flatten()
-        if 4 * where.numel() < end.numel():
-            self._undo.append(torch.stack([where, end[where].long()]).to(torch.int16))
-            end[where] = state[where]
-        else:
-            self._undo.append(end.clone())
-            end.copy_(state)
-        return len(self._undo)
-
-    def state(self, k: int) -> torch.Tensor:
-        """The recorded state number ``k`` (the log's own buffer: copy it to keep it).
-
-        Walking from the latest state down costs one patch per step, so replaying the regions
-        in backward's order (last first) costs one patch each.
-        """
-        assert self._end is not None and 0 <= k <= len(self._undo)
-        if self._cursor is None or self._at < k:
-            self._cursor, self._at = self._end.clone(), len(self._undo)
-        cursor = self._cursor
-        while self._at > k:
-            undo = self._undo[self._at - 1]
-            if undo.dtype == torch.uint8:
-                cursor.copy_(undo)
-            else:
-                cursor[undo[0].long()] = undo[1].to(torch.uint8)
-            self._at -= 1
-        return cursor
-
-    def nbytes_of(self, k: int) -> int:
-        """Bytes that recording state ``k`` added to the log (the first pays the full state)."""
-        if k == 0:
-            return self._end.nbytes if self._end is not None else 0
-        return self._undo[k - 1].nbytes
-
-    def nbytes(self) -> int:
-        """Bytes held by the log (not counting the working copy used while replaying)."""
-        return sum(self.nbytes_of(k) for k in range(len(self._undo) + 1)) if self._end is not None else 0
+_SEED_BOUND = 2**62
 
 
 class RngTape:
-    """RNG states of the regions of one block that consumed randomness, keyed by region name.
+    """RNG seeds (CPU) and states (CUDA) of the regions of one block that consumed randomness.
 
-    A tape records while the block runs forward and replays (:meth:`region` in a
-    :meth:`replaying` context) while it is rebuilt in backward. Regions share the chain's
-    :class:`RngLog`; a tape itself holds a log index and, on CUDA, 16 bytes per changed region.
+    A tape records while the block runs forward and replays (:meth:`region` inside a
+    :meth:`replaying` context) while it is rebuilt in backward; see
+    NOTE [ RNG state for recomputation ].
     """
 
-    __slots__ = ("_cuda_device", "_enabled", "_log", "_replaying", "states")
+    __slots__ = ("_cuda_device", "_enabled", "_replaying", "states")
 
-    def __init__(self, like: torch.Tensor | None = None, enabled: bool = True, log: RngLog | None = None) -> None:
+    def __init__(self, like: torch.Tensor | None = None, enabled: bool = True) -> None:
         self._enabled = enabled and like is not None and not _is_fake(like)
         self._cuda_device = like.device if (like is not None and like.is_cuda) else None
-        self._log = log if log is not None else RngLog()
         self._replaying = False
-        #: region -> (number of its CPU state in the log or None, its CUDA state or None)
+        #: region -> (its CPU seed or None, its CUDA state or None)
         self.states: dict[str, tuple[int | None, torch.Tensor | None]] = {}
 
     def _cuda_state(self) -> torch.Tensor | None:
@@ -120,30 +64,37 @@ class RngTape:
 
     @contextlib.contextmanager
     def record(self, key: str) -> Iterator[None]:
-        """Run a region; keep the RNG state from before it only if the region changed it."""
+        """Run a region on a seed of its own; keep the seed (and the CUDA state) only if used."""
         if not self._enabled:
             yield
             return
-        cpu, cuda = torch.get_rng_state(), self._cuda_state()
-        yield
-        cpu_after, cuda_after = torch.get_rng_state(), self._cuda_state()
-        cpu_changed = not torch.equal(cpu, cpu_after)
-        cuda_changed = cuda is not None and not torch.equal(cuda, cuda_after)  # type: ignore[arg-type]
-        if cpu_changed or cuda_changed:
-            self.states[key] = (self._log.append(cpu) if cpu_changed else None, cuda if cuda_changed else None)
+        cuda = self._cuda_state()
+        before = torch.get_rng_state()
+        seed = int(torch.randint(_SEED_BOUND, (), dtype=torch.int64))
+        after_seed = torch.get_rng_state()
+        torch.default_generator.manual_seed(seed)
+        seeded = torch.get_rng_state()
+        try:
+            yield
+        finally:
+            cpu_used = not torch.equal(seeded, torch.get_rng_state())
+            torch.set_rng_state(after_seed if cpu_used else before)
+        cuda_used = cuda is not None and not torch.equal(cuda, self._cuda_state())  # type: ignore[arg-type]
+        if cpu_used or cuda_used:
+            self.states[key] = (seed if cpu_used else None, cuda if cuda_used else None)
 
     @contextlib.contextmanager
     def replay(self, key: str) -> Iterator[None]:
-        """Run a region with the RNG state recorded for it, then restore the current state."""
+        """Run a region with the seed and state recorded for it, then restore the current state."""
         recorded = self.states.get(key)
         if recorded is None:
             yield
             return
-        cpu_k, cuda = recorded
-        current_cpu = torch.get_rng_state() if cpu_k is not None else None
+        seed, cuda = recorded
+        current_cpu = torch.get_rng_state() if seed is not None else None
         current_cuda = self._cuda_state() if cuda is not None else None
-        if cpu_k is not None:
-            torch.set_rng_state(self._log.state(cpu_k))
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
         if cuda is not None:
             torch.cuda.set_rng_state(cuda, self._cuda_device)
         try:
@@ -168,12 +119,8 @@ class RngTape:
             self._replaying = before
 
     def nbytes(self) -> int:
-        """Host bytes this tape's regions added: its share of the chain's log, CUDA states."""
-        total = 0
-        for cpu_k, cuda in self.states.values():
-            total += self._log.nbytes_of(cpu_k) if cpu_k is not None else 0
-            total += cuda.nbytes if cuda is not None else 0
-        return total
+        """Bytes of state kept: 8 per CPU seed, 16 per CUDA generator state."""
+        return sum((8 if seed is not None else 0) + (cuda.nbytes if cuda is not None else 0) for seed, cuda in self.states.values())
 
 
 NULL_TAPE = RngTape(None, enabled=False)
@@ -227,9 +174,13 @@ def replay_autocast(states: list[dict[str, Any]]) -> Iterator[None]:
 #   a block that writes no buffer keeps nothing, and a call counter keeps 8 bytes.
 # - Backward (BufferTape.standing_in): for the duration of the block's reverse step every written
 #   buffer is replaced by a stand-in, a fresh copy of its value before the forward (or of its
-#   current value for normalisation layers); the recomputation runs the very same code path as
-#   the forward (running statistics included) and writes only into the stand-ins, and the real
-#   buffer tensors are put back afterwards, untouched.
+#   current value for normalisation layers); the recomputation writes only into the stand-ins,
+#   and the real buffer tensors are put back afterwards, untouched. BatchNorm, the common
+#   case, needs no copy: its track_running_stats is switched off for the step, so F.batch_norm
+#   gets no running buffers, normalises with the batch statistics exactly as the forward did,
+#   and updates nothing (NOTE [ BatchNorm statistics during recomputation ]). InstanceNorm
+#   cannot be switched that way (it passes its running buffers to the kernel whatever the
+#   flag says), so it gets stand-ins like every other module.
 # (BatchNorm's running buffers are updated by the kernel without a version bump, which is why
 # normalisation layers are recognised by type rather than by their version counters.)
 
@@ -242,26 +193,34 @@ def _writes_buffers_by_kind(module: nn.Module) -> bool:
 class BufferTape:
     """The buffers one block's forward wrote, with their earlier values where the output may read them."""
 
-    __slots__ = ("written",)
+    __slots__ = ("switched", "written")
 
     def __init__(self) -> None:
         #: (module, buffer name, value before the forward or None for normalisation layers)
         self.written: list[tuple[nn.Module, str, torch.Tensor | None]] = []
+        #: training-mode BatchNorms that track running statistics (see below)
+        self.switched: list[nn.Module] = []
 
     @contextlib.contextmanager
     def record(self, block: nn.Module) -> Iterator[None]:
         """Run the block's forward inside; afterwards :attr:`written` lists what it wrote."""
         listed = []
+        switched = []
         for m in block.modules():
             if not m._buffers:
                 continue
             by_kind = _writes_buffers_by_kind(m)
             if by_kind and not m.training:
                 continue
+            if by_kind and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if m.track_running_stats:
+                    switched.append(m)
+                continue
             for name, b in m._buffers.items():
                 if b is not None:
                     listed.append((m, name, b, b._version, None if by_kind else b.clone()))
         yield
+        self.switched = switched
         self.written = [
             (m, name, before)
             for m, name, b, version, before in listed
@@ -277,9 +236,13 @@ class BufferTape:
             real.append((m, name, current))
             source = before if before is not None else current
             m._buffers[name] = source.clone() if source is not None else None
+        for m in self.switched:
+            m.track_running_stats = False
         try:
             yield
         finally:
+            for m in self.switched:
+                m.track_running_stats = True
             for m, name, current in reversed(real):
                 m._buffers[name] = current
 
@@ -289,8 +252,9 @@ class BufferTape:
 
 
 # NOTE [ BatchNorm statistics during recomputation ]
-# (The engine now follows NOTE [ Module buffers during recomputation ]; this switch remains for
-# callers that run an inverse outside the engine, e.g. the reconstruction-error measurement.)
+# (The engine applies this switch through BufferTape, NOTE [ Module buffers during
+# recomputation ]; frozen_batchnorm_stats serves callers that run an inverse outside the
+# engine, e.g. the reconstruction-error measurement.)
 # In training mode a BatchNorm normalises with the batch statistics and, as a side effect,
 # folds them into running_mean/running_var and increments num_batches_tracked. The forward of
 # a reversible block does that once, as a plain network would. Recomputing F and G in backward

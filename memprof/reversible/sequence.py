@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ._state import NULL_TAPE, BufferTape, RngLog, RngTape, capture_autocast, replay_autocast
+from ._state import NULL_TAPE, BufferTape, RngTape, capture_autocast, replay_autocast
 from .base import (
     InvertibleModule,
     ReverseStep,
@@ -53,6 +53,14 @@ __all__ = ["ReversibleSequence"]
 # run), so its blocks join the outer chain: nesting groups stages readably at no extra cost, and
 # only the outermost output is saved.
 #
+# Several streams (a tuple of tensors) travel as separate node inputs and outputs, flattened
+# and rebuilt around each node (base.flatten). Conditioning tensors (seq(x, *args, **kwargs))
+# are inputs of every node too: each node keeps references to them (no copies), hands the
+# recomputed F and G detached leaves of them, and returns their gradients, which autograd sums
+# over the blocks exactly as for a parameter shared by every block. In an inverse chain
+# (seq.inverse(y) under autograd) the nodes run the blocks' inverses, last block first, and
+# backward rebuilds each inverse's input with the block's forward: the same memory profile.
+#
 # The sequence's input is not saved: it is rebuilt, up to floating-point rounding that grows
 # slowly with depth (benchmarks/reconstruction_error.py measures it). Parameters changed
 # in place between forward and backward would make the rebuilt activations wrong, so their
@@ -81,7 +89,7 @@ def _float32_stream(x: torch.Tensor) -> torch.Tensor:
 class _Chain:
     """What the nodes of one reversible forward (or inverse) share."""
 
-    __slots__ = ("autocast", "inverse", "last", "next_position", "preserve_rng_state", "rng", "stash")
+    __slots__ = ("autocast", "inverse", "last", "next_position", "preserve_rng_state", "stash")
 
     def __init__(self, num_blocks: int, preserve_rng_state: bool, inverse: bool = False) -> None:
         self.autocast = capture_autocast()
@@ -89,7 +97,6 @@ class _Chain:
         self.last = num_blocks - 1
         self.next_position = 0
         self.preserve_rng_state = preserve_rng_state
-        self.rng = RngLog()
         #: position -> (the rebuilt output of the block there (its tensors), whether nothing else holds it).
         self.stash: dict[int, tuple[list[torch.Tensor], bool]] = {}
 
@@ -246,7 +253,7 @@ class _ReversibleBlockFunction(torch.autograd.Function):
         params = tensors[n_x + n_c :]
         args, kwargs = node.cond.build(cond)
         block = seq.blocks[node.index]
-        tape = RngTape(tensors[0], enabled=chain.preserve_rng_state, log=chain.rng)
+        tape = RngTape(tensors[0], enabled=chain.preserve_rng_state)
         buffers = BufferTape()
         with buffers.record(block):
             y = seq._call_block(node.index, block, x, args, kwargs, tape, inverse=chain.inverse)
@@ -488,9 +495,12 @@ class ReversibleSequence(InvertibleModule):
             or len(self.blocks) == 0
         ):
             order = reversed(list(enumerate(self.blocks))) if inverse else enumerate(self.blocks)
+            like = leaves[0]
             with _running_plainly() if not self.reversible else contextlib.nullcontext():
                 for i, block in order:
-                    x = self._call_block(i, block, x, args, kwargs, inverse=inverse)
+                    # the same RNG regions as the reversible mode (NOTE [ RNG state for recomputation ])
+                    tape = RngTape(like, enabled=self.preserve_rng_state)
+                    x = self._call_block(i, block, x, args, kwargs, tape, inverse=inverse)
             return x
         chain = _Chain(self._num_leaves(), self.preserve_rng_state, inverse=inverse)
         return self._run_chain(x, chain, cond, args, kwargs)
