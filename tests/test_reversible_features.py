@@ -16,7 +16,6 @@ from torch import nn
 from memprof.reversible import (
     AdditiveCoupling,
     AffineCoupling,
-    ChannelZeroPad,
     Invertible1x1Conv,
     InvertibleDownsample,
     InvertibleModule,
@@ -25,7 +24,12 @@ from memprof.reversible import (
     set_reversible,
 )
 from tests.helpers import rel_err, saved_bytes
-from tests.test_reversible_exactness import Conditioned, assert_buffers_equal, assert_grads_equal, plain_twin
+from tests.test_reversible_exactness import (
+    Conditioned,
+    assert_buffers_equal,
+    assert_grads_equal,
+    plain_twin,
+)
 
 
 def conv_tanh(c: int, out: int | None = None) -> nn.Sequential:
@@ -250,8 +254,12 @@ def test_affine_gradcheck_with_conditioning() -> None:
 def test_affine_memory_flat_in_depth() -> None:
     torch.manual_seed(7)
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
-    held = {n: saved_bytes(lambda: affine_seq(n, c=8)(x), ()) for n in (2, 8)}
-    plain8 = saved_bytes(lambda: affine_seq(8, c=8, ).train().requires_grad_()(x) if False else set_reversible(affine_seq(8, c=8), False)(x), ())
+    held = {}
+    for n in (2, 8):
+        seq = affine_seq(n, c=8)
+        held[n] = saved_bytes(lambda seq=seq: seq(x), seq.parameters())
+    plain = set_reversible(affine_seq(8, c=8), False)
+    plain8 = saved_bytes(lambda: plain(x), plain.parameters())
     assert held[8] == held[2] == x.numel() * 4
     assert plain8 > 8 * held[8]
 
@@ -293,7 +301,9 @@ def test_inverse_under_autograd_equals_plain_and_keeps_only_its_output() -> None
 
 def test_inverse_under_autograd_with_dropout_replays_the_masks() -> None:
     torch.manual_seed(9)
-    drop = lambda: nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))  # noqa: E731
+    def drop() -> nn.Module:
+        return nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
+
     rev = ReversibleSequence([AdditiveCoupling(drop(), drop()) for _ in range(3)]).double()
     plain = plain_twin(rev)
     y = torch.randn(4, 6, dtype=torch.float64)

@@ -13,7 +13,13 @@ from torch import nn
 
 from .base import InvertibleModule, ReverseStep, is_invertible
 from .check import InvertibilityReport, check_invertible
-from .coupling import AdditiveCoupling, AffineCoupling, additive_coupling, additive_coupling_inverse, affine_scale
+from .coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    additive_coupling,
+    additive_coupling_inverse,
+    affine_scale,
+)
 from .downsample import ChannelZeroPad, Invertible1x1Conv, InvertibleDownsample
 from .sequence import ReversibleSequence
 
@@ -21,8 +27,8 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "ChannelZeroPad",
-    "Invertible1x1Conv",
     "InvertibilityReport",
+    "Invertible1x1Conv",
     "InvertibleDownsample",
     "InvertibleModule",
     "ReverseStep",

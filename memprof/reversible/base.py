@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,13 +22,13 @@ __all__ = [
 ]
 
 #: What flows between blocks: a tensor, or a tuple of streams (several tensors in and out).
-Stream = Union[torch.Tensor, tuple["Stream", ...]]
+Stream = torch.Tensor | tuple["Stream", ...]
 
 #: Gradients of the tensors a block's step differentiates (its parameters, the conditioning
 #: tensors), as (tensor, gradient or None) pairs.
 ParamGrads = Sequence[tuple[torch.Tensor, "torch.Tensor | None"]]
 
-Spec = Union[None, tuple["Spec", ...]]  # None: one tensor; a tuple: the spec of each element
+Spec = None | tuple["Spec", ...]  # None: one tensor; a tuple: the spec of each element
 
 
 # --- streams of several tensors --------------------------------------------------------------

@@ -22,8 +22,8 @@ from .base import (
     ReverseStep,
     describe,
     flatten,
-    gradient_roots,
     grad_params,
+    gradient_roots,
     leaf,
     sum_into_fresh,
     tree_map,
@@ -111,7 +111,8 @@ class _Coupling(InvertibleModule):
                 )
             return x[0], x[1]
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{type(self).__name__} takes a tensor or a pair of halves, got {type(x).__name__}")
+            # ValueError, not TypeError: the sequence names the block for ValueErrors of its blocks
+            raise ValueError(f"{type(self).__name__} takes a tensor or a pair of halves, got {type(x).__name__}")  # noqa: TRY004
         dim = self.split_dim
         if not -x.dim() <= dim < x.dim():
             raise ValueError(f"split_dim={dim} is out of range for an input of shape {tuple(x.shape)}")

@@ -14,10 +14,11 @@ from .base import InvertibleModule, ParamGrads, ReverseStep
 def _tensor(module: nn.Module, x: Any) -> torch.Tensor:
     """x, which must be one tensor (these blocks do not take several streams)."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{type(module).__name__} takes one tensor, got {type(x).__name__}")
+        # ValueError, not TypeError: the sequence names the block for ValueErrors of its blocks
+        raise ValueError(f"{type(module).__name__} takes one tensor, got {type(x).__name__}")  # noqa: TRY004
     return x
 
-__all__ = ["InvertibleDownsample", "ChannelZeroPad", "Invertible1x1Conv"]
+__all__ = ["ChannelZeroPad", "Invertible1x1Conv", "InvertibleDownsample"]
 
 
 class InvertibleDownsample(InvertibleModule):
