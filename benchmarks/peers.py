@@ -9,8 +9,9 @@ trained one step at a time
 For each it prints the allocator peak of one forward+backward above the bytes live before the
 step (parameters and gradients already allocated) and the step time as a ratio to plain,
 measured round by round (one step of each, in turn, per round), with the range over rounds.
-Times are wall-clock on one thread (``torch.set_num_threads(1)``); on a shared machine expect
-noise and read the range.
+Times are the process's CPU time on one thread (``torch.set_num_threads(1)``; wall-clock with
+a synchronize on CUDA), which other processes on a shared machine disturb less than wall-clock
+time; still expect noise and read the range.
 
 memcnn and revlib are benchmark extras, never memprof dependencies:
 
@@ -89,6 +90,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clock(device: torch.device) -> float:
+    """CPU time of this process on CPU (one thread), wall-clock on CUDA."""
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
+
+
 def measure(couplings: int, args: argparse.Namespace, device: torch.device) -> list[list[object]]:
     models = build(couplings, args.channels, device)
     x = torch.randn(args.batch, args.channels, args.size, args.size, device=device)
@@ -104,10 +110,10 @@ def measure(couplings: int, args: argparse.Namespace, device: torch.device) -> l
     for _ in range(args.rounds):  # interleaved: drift on a shared machine hits every library
         for name, step in steps.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock(device)
             step()
             sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock(device) - t0)
     rows = []
     for name in steps:
         ratios = [t / p for t, p in zip(times[name], times["plain"])]
@@ -141,6 +147,7 @@ def main() -> None:
     print(
         f"One training step (forward+backward) on {device}, {args.threads} thread(s): batch {args.batch}, "
         f"{args.channels} channels, {args.size}x{args.size}, F and G conv-BN-ReLU-conv-BN. "
+        f"Time = {'wall-clock' if device.type == 'cuda' else 'CPU time of the process'}. "
         "Peak = measured allocator peak above the bytes live before the step, MiB = 2^20 bytes. "
         f"Time ratio = step time / plain step time in the same round, median and range over {args.rounds} rounds."
     )

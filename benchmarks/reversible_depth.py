@@ -4,7 +4,8 @@ For 4, 16 and 64 couplings (additive, or affine with ``--coupling affine``; F an
 BatchNorm + ReLU, twice) it measures, side by side in one run:
 - the peak of a forward+backward at the allocator, above the bytes live before the step
   (CPU: the profiler's memory events replayed; CUDA: torch.cuda.max_memory_allocated);
-- the median step time over ``--repeats`` interleaved runs, and the ratio reversible / plain.
+- the median step time over ``--repeats`` interleaved runs (CPU time of the process on CPU,
+  wall-clock on CUDA), and the ratio reversible / plain, median and range over the runs.
 
     OMP_NUM_THREADS=1 python benchmarks/reversible_depth.py [--device cpu|cuda] [--coupling additive|affine]
         [--channels 64] [--size 16] [--batch 8] [--depths 4,16,64] [--repeats 5]
@@ -50,6 +51,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def clock(device: torch.device) -> float:
+    """CPU time of this process on CPU (one thread), wall-clock on CUDA."""
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
+
+
 def measure(depth: int, args: argparse.Namespace, device: torch.device) -> list[object]:
     torch.manual_seed(0)
     half = args.channels // 2
@@ -68,11 +74,12 @@ def measure(depth: int, args: argparse.Namespace, device: torch.device) -> list[
     for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits both
         for name, model in models.items():
             sync(device)
-            t0 = time.perf_counter()
+            t0 = clock(device)
             step(model, x)
             sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock(device) - t0)
     t_plain, t_rev = statistics.median(times["plain"]), statistics.median(times["reversible"])
+    ratios = [r / p for r, p in zip(times["reversible"], times["plain"])]
     return [
         depth,
         format_bytes(peaks["plain"], "MiB"),
@@ -80,7 +87,8 @@ def measure(depth: int, args: argparse.Namespace, device: torch.device) -> list[
         f"{peaks['reversible'] / peaks['plain']:.3f}",
         f"{t_plain * 1e3:.1f}",
         f"{t_rev * 1e3:.1f}",
-        f"{t_rev / t_plain:.2f}",
+        f"{statistics.median(ratios):.2f}",
+        f"{min(ratios):.2f}-{max(ratios):.2f}",
     ]
 
 
@@ -105,7 +113,7 @@ def main() -> None:
     print(
         tabulate(
             rows,
-            headers=["couplings", "plain peak", "reversible peak", "peak ratio", "plain ms", "reversible ms", "time ratio rev/plain"],
+            headers=["couplings", "plain peak", "reversible peak", "peak ratio", "plain ms", "reversible ms", "time rev/plain", "range"],
             tablefmt="github",
         )
     )

@@ -488,3 +488,26 @@ def test_gradient_held_by_a_users_hook_is_not_overwritten() -> None:
         m(x.clone().requires_grad_()).square().sum().backward()
     assert torch.equal(rev.blocks[0].G.kept[-1], plain.blocks[0].G.kept[-1])
     assert_grads_equal(rev, plain, tol=1e-9)
+
+
+def test_inverse_under_autograd_through_zero_padding() -> None:
+    """ChannelZeroPad's inverse is a slice (a view of its input): the inverse chain handles it."""
+    torch.manual_seed(16)
+    seq = ReversibleSequence(
+        [
+            ChannelZeroPad(2),
+            AdditiveCoupling(nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 1)),
+            ChannelZeroPad(2, halves=True),
+            AdditiveCoupling(nn.Conv2d(4, 4, 1), None),
+        ]
+    ).double()
+    plain = plain_twin(seq)
+    with torch.no_grad():
+        y = seq(torch.randn(2, 4, 3, 3, dtype=torch.float64))
+    grads = []
+    for m in (seq, plain):
+        yi = y.clone().requires_grad_()
+        m.inverse(yi).square().sum().backward()
+        grads.append(yi.grad)
+    assert rel_err(grads[0], grads[1]) <= 1e-12
+    assert_grads_equal(seq, plain, tol=1e-9)

@@ -70,7 +70,7 @@ class RngTape:
             return
         cuda = self._cuda_state()
         before = torch.get_rng_state()
-        seed = int(torch.randint(_SEED_BOUND, (), dtype=torch.int64))
+        seed = int(torch.randint(_SEED_BOUND, (), dtype=torch.int64, device="cpu"))
         after_seed = torch.get_rng_state()
         torch.default_generator.manual_seed(seed)
         seeded = torch.get_rng_state()
