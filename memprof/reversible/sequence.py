@@ -35,8 +35,10 @@ __all__ = ["ReversibleSequence"]
 # output is the next node's input and is freed as soon as the next block has consumed it. Only
 # the node of the last block saves anything: its output (which the next layer usually holds
 # anyway, so deduplicated it often costs nothing). Besides it, each node's ctx holds an RngTape
-# that is empty unless the block drew random numbers (NOTE [ RNG state for recomputation ]);
-# the chain holds the autocast settings once.
+# that is empty unless the block drew random numbers (8 bytes per region that did, NOTE [ RNG
+# state for recomputation ]) and a BufferTape that is empty unless the block wrote a buffer
+# other than a normalisation layer's running statistics (NOTE [ Module buffers during
+# recomputation ]); the chain holds the autocast settings once.
 #
 # Backward runs the nodes from last to first, as autograd orders them. Node i receives
 # dL/dy_i from autograd and y_i from the node after it (through the chain's one-slot stash),
