@@ -16,6 +16,7 @@ from torch import nn
 from memprof.reversible import (
     AdditiveCoupling,
     AffineCoupling,
+    ChannelZeroPad,
     Invertible1x1Conv,
     InvertibleDownsample,
     InvertibleModule,
@@ -511,3 +512,41 @@ def test_inverse_under_autograd_through_zero_padding() -> None:
         grads.append(yi.grad)
     assert rel_err(grads[0], grads[1]) <= 1e-12
     assert_grads_equal(seq, plain, tol=1e-9)
+
+
+def test_wrong_inverse_is_an_error_at_the_first_backward() -> None:
+    """Without check_invertible, the first reverse step of a user-written block catches it."""
+    torch.manual_seed(17)
+    seq = ReversibleSequence([AdditiveCoupling(nn.Linear(3, 3), None), WrongInverse(3)])
+    x = torch.randn(4, 6, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"block 1 \(WrongInverse\).*does not undo"):
+        seq(x).sum().backward()
+    assert all(p.grad is None for p in seq.blocks[0].parameters())  # no gradient was handed out
+
+
+def test_correct_user_block_passes_the_round_trip_check_under_autocast() -> None:
+    class Shift(InvertibleModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x):
+            x1, x2 = x.chunk(2, 1)
+            return torch.cat([x1 + torch.tanh(self.lin(x2)), x2], 1)
+
+        def inverse(self, y):
+            y1, y2 = y.chunk(2, 1)
+            return torch.cat([y1 - torch.tanh(self.lin(y2)), y2], 1)
+
+    torch.manual_seed(18)
+    rev = ReversibleSequence([Shift(), AdditiveCoupling(nn.Linear(3, 3), nn.Linear(3, 3)), Shift()])
+    plain = plain_twin(rev)
+    x = torch.randn(5, 6)
+    for autocast in (False, True):
+        grads = []
+        for m in (rev, plain):
+            xi = x.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                m(xi).square().sum().backward()
+            grads.append(xi.grad)
+        assert rel_err(grads[0], grads[1]) <= (5e-2 if autocast else 1e-5)

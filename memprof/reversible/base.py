@@ -261,6 +261,9 @@ def _step_through(
     inp_leaf = tree_map(leaf, inp)
     with torch.enable_grad(), step.tape.region("block"):
         out_again = step.call(again, inp_leaf)
+    if not getattr(block, "_memprof_round_trip_checked", False):
+        _check_round_trip(step.name, flatten(out)[0], flatten(out_again)[0])
+        block._memprof_round_trip_checked = True
     leaves_in, spec = flatten(inp_leaf)
     roots, grads = gradient_roots(flatten(out_again)[0], flatten(grad_out)[0])
     del out_again
@@ -270,6 +273,43 @@ def _step_through(
     if any(g is None for g in result[:n]):
         grad_in = tree_map(lambda g, t: torch.zeros_like(t) if g is None else g, grad_in, inp)
     return inp, grad_in, list(zip([*params, *step.leaves], result[n:]))
+
+
+# NOTE [ A user-written inverse is checked once ]
+# The generic reverse step rebuilds the input with the block's inverse and then runs the block
+# forward again on it: the result must be the output it started from. A block whose inverse
+# does not undo its forward (a user-written block with a bug) would otherwise train on wrong
+# weight gradients without any error. The first reverse step of each such block therefore
+# compares the two (one subtraction, free of extra recomputation) and raises if they differ
+# by more than rounding: 1e-3 of the output's largest element, or 8 epsilons of the lowest
+# precision autocast computes in. Later steps skip the comparison (on CUDA it costs a host
+# synchronisation). Built-in couplings have their own reverse steps and are exact by
+# construction; check_invertible() checks any module explicitly, before training.
+
+
+def _check_round_trip(name: str, before: Sequence[torch.Tensor], again: Sequence[torch.Tensor]) -> None:
+    """Raise when forward(inverse(y)) is not y up to rounding (NOTE [ A user-written inverse is checked once ])."""
+    if any(t.device.type == "meta" or type(t).__name__ == "FakeTensor" for t in before):
+        return
+    eps = max(
+        [torch.finfo(torch.get_autocast_dtype(d)).eps for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)]
+        + [torch.finfo(t.dtype).eps for t in before if t.is_floating_point()],
+        default=0.0,
+    )
+    rtol = max(1e-3, 8 * eps)
+    for a, b in zip(before, again):
+        if a.numel() == 0 or not a.is_floating_point():
+            continue
+        with torch.no_grad():  # one temporary of a's size, in a's dtype
+            err = float((b.detach() - a).abs().max())
+            scale = float(a.abs().max())
+        if err > rtol * max(scale, 1e-30):
+            raise RuntimeError(
+                f"ReversibleSequence: {name}: its inverse() does not undo its forward(): "
+                f"forward(inverse(y)) differs from y by up to {err:.3g} (max|y| = {scale:.3g}, "
+                f"tolerance {rtol:g} of it), so the reversible backward would give wrong gradients. "
+                "Fix the block's inverse (memprof.reversible.check_invertible helps find which)."
+            )
 
 
 def reverse_by_recompute(
