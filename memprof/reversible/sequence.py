@@ -488,7 +488,7 @@ class ReversibleSequence(InvertibleModule):
         leaves, spec = flatten(x)
         x = unflatten([_float32_stream(t) for t in leaves], spec)
         cond = _Conditioning(args, kwargs)
-        needs_grad = any(t.requires_grad for t in (*leaves, *cond.tensors)) or bool(grad_params(self))
+        needs_grad = any(t.requires_grad for t in (*leaves, *cond.tensors)) or any(p.requires_grad for p in self.parameters())
         if (
             not self.reversible
             or _inside_plain_sequence()
