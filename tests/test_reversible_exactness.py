@@ -244,3 +244,24 @@ def test_outer_flag_false_runs_nested_sequences_plainly() -> None:
     outer.reversible = True
     y = outer(x)
     assert type(y.grad_fn).__name__.startswith("_Reversible")
+
+
+def test_spectral_norm_power_iteration_runs_once_per_step() -> None:
+    """spectral_norm advances its power iteration (buffers _u, _v) in each training forward, and
+    the normalised weight depends on them: the recomputation must see them as the forward did."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(7)
+
+    def sn_branch() -> nn.Module:
+        return nn.Sequential(spectral_norm(nn.Conv2d(2, 2, 3, padding=1)), nn.Tanh())
+
+    rev = ReversibleSequence([AdditiveCoupling(sn_branch(), sn_branch()) for _ in range(2)]).double()
+    plain = plain_twin(rev)
+    for _ in range(3):
+        x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+        for m in (rev, plain):
+            m.zero_grad()
+            m(x.clone().requires_grad_()).square().sum().backward()
+        assert_buffers_equal(rev, plain)
+        assert_grads_equal(rev, plain, tol=1e-9)
