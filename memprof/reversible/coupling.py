@@ -293,6 +293,62 @@ class AdditiveCoupling(_Coupling):
             out.copy_(a) if b is None else torch.add(a, b, out=out)
         return x, grad_x, pairs
 
+    def reverse_inverse(self, x: Any, grad_x: Any, step: ReverseStep) -> tuple[Any, Any, ParamGrads]:
+        """Backward through :meth:`inverse` (x2 = y2 - G(y1), x1 = y1 - F(x2)), one recomputation
+        of F then G, each used to rebuild its half of y and differentiated once.
+
+        y1 = x1 + F(x2):  y1_bar = x1_bar + dG/dy1^T (-x2_bar_total)
+        y2 = x2 + G(y1):  y2_bar = x2_bar_total = x2_bar + dF/dx2^T (-x1_bar)
+        """
+        x1, x2 = self._halves(x)
+        gx1, gx2 = self._halves(grad_x)
+        y, y1, y2 = self._buffers_like(x, False)
+        pairs: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+        # y1 = x1 + F(x2); x2's total gradient picks up -dF/dx2^T x1_bar.
+        x2_total = gx2
+        if self.F is not None:
+            params = [*grad_params(self.F), *step.leaves]
+            x2_leaf = tree_map(leaf, x2)
+            with torch.enable_grad(), step.tape.replay("F"):
+                f = step.call(lambda h, *a, **k: _apply(self.F, "F", h, x1, *a, **k), x2_leaf)
+            tree_map(lambda o, a, b: torch.add(a, b.detach(), out=o), y1, x1, f)
+            x2_leaves = flatten(x2_leaf)[0]
+            roots, grads_out = gradient_roots(flatten(f)[0], [-g for g in flatten(gx1)[0]])
+            del f
+            grads = step.vjp(roots, [*x2_leaves, *params], grads_out, "F")
+            del roots, x2_leaf
+            n = len(x2_leaves)
+            x2_total = unflatten(
+                [a if b is None else a + b for a, b in zip(flatten(gx2)[0], grads[:n])], flatten(gx2)[1]
+            )
+            pairs.extend(zip(params, grads[n:]))
+        else:
+            _into(y1, x1)
+
+        # y2 = x2 + G(y1); y1's gradient picks up -dG/dy1^T x2_total.
+        y1_bar = gx1
+        if self.G is not None:
+            params = [*grad_params(self.G), *step.leaves]
+            y1_leaf = tree_map(leaf, y1)
+            with torch.enable_grad(), step.tape.replay("G"):
+                g = step.call(lambda h, *a, **k: _apply(self.G, "G", h, x2, *a, **k), y1_leaf)
+            with _writing(y):  # G's graph saved y1_leaf, a view of y
+                tree_map(lambda o, a, b: torch.add(a, b.detach(), out=o), y2, x2, g)
+            y1_leaves = flatten(y1_leaf)[0]
+            roots, grads_out = gradient_roots(flatten(g)[0], [-t for t in flatten(x2_total)[0]])
+            del g
+            grads = step.vjp(roots, [*y1_leaves, *params], grads_out, "G")
+            del roots, y1_leaf
+            n = len(y1_leaves)
+            y1_bar = unflatten(
+                [a if b is None else a + b for a, b in zip(flatten(gx1)[0], grads[:n])], flatten(gx1)[1]
+            )
+            pairs.extend(zip(params, grads[n:]))
+        else:
+            _into(y2, x2)
+        return y, self._join(grad_x, y1_bar, x2_total), pairs
+
 
 # NOTE [ Affine coupling ]
 # Real NVP / Glow: a branch returns a log-scale s and a shift t for the other half, and
