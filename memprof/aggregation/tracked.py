@@ -117,7 +117,9 @@ class Recording:
         notes = list(self.notes)
         parts = [render_table(frame, fmt, title=f"Steps recorded ({self.mode} mode)", formatters=fmts,
                               headers={"peak_bytes": "peak (measured)", "activation_peak_bytes": "activation peak",
-                                       "step_time_s": "time s"}, notes=notes)]
+                                       "forward_peak_bytes": "forward peak", "backward_peak_bytes": "backward peak",
+                                       "optimizer_peak_bytes": "optimizer peak", "step_time_s": "time s"},
+                              notes=notes)]
         if self.steps:
             head = self.steady_state._render(fmt, max_modules)
             parts.append(head)

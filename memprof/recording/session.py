@@ -279,7 +279,8 @@ class SessionRecorder:
         cur = self._cur
         cur.end = end
         cur.cpu_time_s = time.process_time() - self._cpu0
-        self._collect_state(cur)
+        if self._pending_end is None:  # no optimizer.step() ended it: collect what is alive now
+            self._collect_state(cur)
         self._steps.append(cur)
         self._new_step(end)
 
@@ -421,6 +422,8 @@ class SessionRecorder:
         t = time.time_ns()
         self._set_phase("other", t)
         self._pending_end = t
+        # the state at the end of the step, now: the objects may be gone when the step closes
+        self._collect_state(self._cur)
 
     def _wrap_backward(self, orig: Any) -> Any:
         rec = self
