@@ -37,6 +37,21 @@ from ..recording.attribution import (
     activation_bytes,
 )
 from ..units import format_bytes, parse_dtype
+from .user_step import (
+    OPTIMIZER_NAMES,
+    InputSpec,
+    Inputs,
+    StepRecipe,
+    batch_size_of,
+    call_model,
+    default_loss,
+    first_tensor,
+    input_tensors,
+    make_inputs,
+    resize_batch,
+    to_device,
+)
+from .user_step import make_optimizer as _make_named_optimizer
 
 __all__ = [
     "OPTIMIZERS",
@@ -48,33 +63,25 @@ __all__ = [
     "run_step",
 ]
 
-#: Optimizers a profile can use; the deck's recipe is SGD with momentum 0.9.
-OPTIMIZERS = ("sgd", "adam")
+#: Optimizers a profile can use by name; the deck's recipe is SGD with momentum 0.9.
+OPTIMIZERS = tuple(OPTIMIZER_NAMES)
 MODES = ("measured", "estimated")
 PHASES = ("forward", "backward", "optimizer")
 
 
-def make_optimizer(name: str, params: Any) -> torch.optim.Optimizer:
-    """``sgd`` (lr 0.1, momentum 0.9: the deck's recipe) or ``adam`` (lr 1e-3).
+def make_optimizer(name: Any, params: Any, **settings: Any) -> torch.optim.Optimizer:
+    """``sgd`` (lr 0.1, momentum 0.9: the deck's recipe), ``adam``, ``adamw`` (lr 1e-3), with
+    ``settings`` over those defaults, or any ``params -> Optimizer`` callable.
 
     Raises:
         UsageError: for another name, listing the allowed ones.
     """
-    check_choice("optimizer", name, OPTIMIZERS)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    return torch.optim.Adam(params, lr=1e-3)
+    return _make_named_optimizer(name, params, **settings)
 
 
 def compute_loss(output: Any, targets: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy for (B, classes) logits with integer targets; the mean otherwise."""
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    elif isinstance(output, dict):
-        output = next(iter(output.values()))
-    if targets is not None and output.dim() == 2:
-        return nn.functional.cross_entropy(output, targets)
-    return output.float().mean()
+    """The output's own ``.loss``; cross-entropy for (B, classes) logits with targets; the mean otherwise."""
+    return default_loss(output, targets)
 
 
 class _NullPhase:
@@ -85,48 +92,60 @@ class _NullPhase:
 def run_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     targets: torch.Tensor | None,
     tracker: StorageTracker | None = None,
     allocator: Any = None,
     phase_times: dict[str, float] | None = None,
+    recipe: StepRecipe | None = None,
 ) -> torch.Tensor:
-    """Forward, loss, backward and optimizer step (gradients must have been set to None before).
+    """Forward, loss, backward (``accumulation_steps`` times) and optimizer step (gradients must
+    have been set to None before).
 
     Args:
+        inputs: a tensor, a tuple (``model(*inputs)``) or a dict (``model(**inputs)``).
         phase_times: if given, filled with the time of each phase in seconds: CPU time of the
-            process on the CPU (robust to other processes' load), wall time on CUDA (synchronised).
+            process on the CPU (robust to other processes' load), wall time on CUDA (synchronised);
+            repeated phases (accumulation) add up.
+        recipe: loss, autocast and accumulation (default: :class:`StepRecipe`).
 
     Returns:
-        The loss (detached).
+        The loss of the last micro-step (detached).
     """
+    recipe = recipe or StepRecipe()
     marks = allocator if allocator is not None else _NullPhase()
-    clock = time.process_time if inputs.device.type == "cpu" else time.perf_counter
+    device = input_tensors(inputs)[0].device
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
     last = [clock(), ""]
 
     def set_phase(name: str) -> None:
         if phase_times is not None:
-            _sync(inputs.device)
+            _sync(device)
             now = clock()
             if last[1]:
-                phase_times[last[1]] = now - last[0]
+                phase_times[last[1]] = phase_times.get(last[1], 0.0) + now - last[0]
             last[:] = [now, name]
         if tracker is not None:
             tracker.set_phase(name)
 
-    set_phase("forward")
-    with marks.phase("forward"):
-        output = model(inputs)
-        loss = compute_loss(output, targets)
-    set_phase("backward")
-    with marks.phase("backward"):
-        loss.backward()
+    for _ in range(recipe.accumulation_steps):
+        set_phase("forward")
+        with marks.phase("forward"):
+            with recipe.autocast_context(device):
+                output = call_model(model, inputs)
+                loss = recipe.loss(output, inputs, targets)
+            if recipe.accumulation_steps > 1:
+                loss = loss / recipe.accumulation_steps
+            del output
+        set_phase("backward")
+        with marks.phase("backward"):
+            loss.backward()
     set_phase("optimizer")
     with marks.phase("optimizer"):
         optimizer.step()
     if phase_times is not None:
-        _sync(inputs.device)
-        phase_times[last[1]] = clock() - last[0]
+        _sync(device)
+        phase_times[last[1]] = phase_times.get(last[1], 0.0) + clock() - last[0]
     return loss.detach()
 
 
@@ -150,9 +169,10 @@ class StepRecord:
 def measure_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     targets: torch.Tensor | None,
     allocator: CpuAllocatorTracker | CudaAllocatorTracker | None = None,
+    recipe: StepRecipe | None = None,
 ) -> StepRecord:
     """Run one step under the storage tracker (and the allocator tracker, if given).
 
@@ -162,12 +182,12 @@ def measure_step(
     Returns:
         The :class:`StepRecord`.
     """
-    tracker = StorageTracker(model, optimizer, [t for t in (inputs, targets) if t is not None])
-    device = inputs.device
+    tracker = StorageTracker(model, optimizer, [*input_tensors(inputs), *([targets] if targets is not None else [])])
+    device = input_tensors(inputs)[0].device
     gc.collect()
     if allocator is None:
         with tracker.track():
-            loss = run_step(model, optimizer, inputs, targets, tracker)
+            loss = run_step(model, optimizer, inputs, targets, tracker, recipe=recipe)
         return StepRecord(loss, tracker, None, None)
     if isinstance(allocator, CudaAllocatorTracker):
         tracker.listener = allocator
@@ -175,7 +195,7 @@ def measure_step(
         with tracker.track():
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            loss = run_step(model, optimizer, inputs, targets, tracker, allocator)
+            loss = run_step(model, optimizer, inputs, targets, tracker, allocator, recipe=recipe)
             _sync(device)
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return StepRecord(loss, tracker, allocator.result, elapsed, cpu)
@@ -400,8 +420,14 @@ def build_profile(
     tracker = record.tracker
     timeline = tracker.timeline()
     total = timeline.total
-    phases = {p: (s, e) for p, s, e in timeline.phases}
-    step_start = phases["forward"][0]
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for p, s, e in timeline.phases:  # a phase repeats under gradient accumulation
+        spans.setdefault(p, []).append((s, e))
+
+    def span_max(values: np.ndarray, ph: str) -> int:
+        return max(int(values[s : e + 1].max()) for s, e in spans[ph])
+
+    step_start = spans["forward"][0][0]
     baseline = int(total[step_start])
     attributed_peak_idx = int(step_start + np.argmax(total[step_start:]))
     attributed_peak = int(total[attributed_peak_idx])
@@ -419,8 +445,7 @@ def build_profile(
     cuda_module_peaks: dict[tuple[str, str], int] = {}
     phase_rows: dict[str, dict[str, int | None]] = {}
     for ph in PHASES:
-        s, e = phases[ph]
-        phase_rows[ph] = {"peak_bytes": None, "attributed_peak_bytes": int(total[s : e + 1].max())}
+        phase_rows[ph] = {"peak_bytes": None, "attributed_peak_bytes": span_max(total, ph)}
 
     if record.allocator is not None:
         res = record.allocator
@@ -447,8 +472,7 @@ def build_profile(
         peak = int(allocated[peak_idx])
         reserved_peak = int(reserved[step_start:].max())
         for ph in PHASES:
-            s, e = phases[ph]
-            phase_rows[ph]["peak_bytes"] = int(allocated[s : e + 1].max())
+            phase_rows[ph]["peak_bytes"] = span_max(allocated, ph)
         notes.append("CUDA caching-allocator model; not modelled: " + "; ".join(NOT_MODELLED_CUDA))
     else:
         peak, peak_idx = attributed_peak, attributed_peak_idx
@@ -484,22 +508,38 @@ def build_profile(
 
 # ---------------------------------------------------------------------------------------------
 def check_step_args(
-    batch_size: Any, input_shape: Any, optimizer: Any, dtype: Any, device: Any, estimate: bool
-) -> tuple[int, tuple[int, ...], str, torch.dtype, torch.device]:
+    batch_size: Any, input_shape: Any, optimizer: Any, dtype: Any, device: Any, estimate: bool,
+    *, inputs: Any = None, autocast: Any = None, accumulation_steps: Any = 1,
+) -> tuple[int, tuple[int, ...], Any, torch.dtype, torch.device]:
     """All argument checks of :func:`profile_step` in one place, before any work.
 
     Raises:
         UsageError: naming the bad value and the allowed ones.
     """
     batch_size = check_positive_int("batch size", batch_size)
-    if input_shape is None or len(input_shape) == 0:
-        raise UsageError("input shape is required for a model that is not registered, e.g. --input-shape 3,32,32")
-    shape = tuple(check_positive_int("input shape dimension", d) for d in input_shape)
-    check_choice("optimizer", optimizer, OPTIMIZERS)
+    if inputs is None:
+        if input_shape is None or len(input_shape) == 0:
+            raise UsageError("input shape is required for a model that is not registered, e.g. --input-shape 3,32,32 "
+                             "(or give inputs / --input specs)")
+        shape = tuple(check_positive_int("input shape dimension", d) for d in input_shape)
+    else:
+        shape = ()
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, InputSpec) for i in inputs):
+            pass
+        elif isinstance(inputs, (torch.Tensor, dict, tuple, list)):
+            tensors = input_tensors(inputs)  # raises UsageError for another kind
+            if not tensors or not any(t.dim() > 0 for t in tensors):
+                raise UsageError("inputs need at least one tensor with a batch dimension")
+        else:
+            raise UsageError(f"inputs must be a tensor, a tuple or dict of tensors, or InputSpecs; got {type(inputs).__name__}")
+    if not callable(optimizer) or isinstance(optimizer, str):
+        check_choice("optimizer", optimizer, OPTIMIZERS)
     try:
         dt = parse_dtype(dtype)
+        ac = parse_dtype(autocast) if autocast is not None else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    check_positive_int("accumulation steps", accumulation_steps)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -509,23 +549,41 @@ def check_step_args(
         raise UsageError(f"device {device!r} requested but CUDA is not available; use --estimate or --device cpu")
     if dev.type == "cuda" and dev.index is None and not estimate:
         dev = torch.device("cuda", torch.cuda.current_device())
+    del ac
     return batch_size, shape, optimizer, dt, dev
 
 
+def _describe(inputs: Inputs) -> str:
+    def one(t: torch.Tensor) -> str:
+        return f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+
+    if isinstance(inputs, torch.Tensor):
+        return one(inputs)
+    if isinstance(inputs, dict):
+        return ", ".join(f"{k}: {one(v)}" for k, v in inputs.items() if isinstance(v, torch.Tensor))
+    return ", ".join(one(v) for v in inputs if isinstance(v, torch.Tensor))
+
+
 def _warm_up(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, make_targets: Callable[[Any], Any]
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: Inputs, make_targets: Callable[[Any], Any],
+    recipe: StepRecipe | None = None,
 ) -> torch.Tensor | None:
     """One step that creates the optimizer state; returns the targets it drew."""
+    recipe = recipe or StepRecipe()
+    device = input_tensors(x)[0].device
     try:
-        out = model(x)
-    except (RuntimeError, ValueError, IndexError) as exc:
+        with recipe.autocast_context(device):
+            out = call_model(model, x)
+            targets = make_targets(out) if recipe.loss_fn is None else None
+            loss = recipe.loss(out, x, targets)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(
-            f"the model rejects an input of shape {tuple(x.shape[1:])} (batch {x.shape[0]}, "
-            f"{str(x.dtype).replace('torch.', '')}, {x.device.type}): {msg}"
-        ) from None
-    targets = make_targets(out)
-    loss = compute_loss(out, targets)
+        if isinstance(x, torch.Tensor):
+            raise UsageError(
+                f"the model rejects an input of shape {tuple(x.shape[1:])} (batch {x.shape[0]}, "
+                f"{str(x.dtype).replace('torch.', '')}, {x.device.type}): {msg}"
+            ) from None
+        raise UsageError(f"the model rejects inputs {_describe(x)} ({device.type}): {msg}") from None
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -547,11 +605,15 @@ def _quiet_fake_tensor_log() -> Iterator[None]:
 
 def _targets_for(batch_size: int, device: torch.device, seed: int) -> Callable[[Any], Any]:
     def make(out: Any) -> torch.Tensor | None:
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        elif isinstance(out, dict):
-            out = next(iter(out.values()))
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        from .user_step import output_loss
+
+        if output_loss(out) is not None:
+            return None
+        try:
+            out = first_tensor(out)
+        except UsageError:
+            return None
+        if out.dim() != 2:
             return None
         g = torch.Generator().manual_seed(seed + 1)
         t = torch.randint(out.shape[1], (batch_size,), generator=g)
@@ -560,13 +622,35 @@ def _targets_for(batch_size: int, device: torch.device, seed: int) -> Callable[[
     return make
 
 
+def _batch(inputs: Any, batch_size: int, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
+           seed: int) -> Inputs:
+    """The step's input batch on ``device``: from specs, example tensors, or the float shape."""
+    if inputs is None:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn((batch_size, *shape), generator=g).to(device=device, dtype=dtype)
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, InputSpec) for i in inputs):
+        batch = make_inputs(list(inputs), batch_size, torch.device("cpu"), seed)
+    else:
+        batch = resize_batch(inputs, batch_size)
+    return to_device(batch, device, dtype)
+
+
+def _label(optimizer: Any) -> str:
+    return optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", type(optimizer).__name__)
+
+
 def profile_step(
     model: nn.Module,
     batch_size: int = 32,
     input_shape: Sequence[int] | None = None,
     *,
-    optimizer: str = "sgd",
+    inputs: Any = None,
+    loss_fn: Callable[[Any, Inputs], torch.Tensor] | None = None,
+    optimizer: str | Callable[[Any], torch.optim.Optimizer] = "sgd",
+    optimizer_settings: dict[str, Any] | None = None,
     dtype: str | torch.dtype = "float32",
+    autocast: str | torch.dtype | None = None,
+    accumulation_steps: int = 1,
     device: str | torch.device = "cpu",
     estimate: bool = False,
     name: str | None = None,
@@ -577,11 +661,20 @@ def profile_step(
     The model is not modified: the step runs on a copy (a fake copy when estimating).
 
     Args:
-        model: any ``nn.Module`` taking one tensor of shape ``(batch_size, *input_shape)``.
+        model: any ``nn.Module``.
         batch_size: samples per step.
-        input_shape: shape of one sample (e.g. ``(3, 32, 32)``).
-        optimizer: ``"sgd"`` (momentum 0.9) or ``"adam"``.
-        dtype: ``float32``, ``bfloat16`` or ``float16`` for parameters and inputs.
+        input_shape: shape of one float sample (e.g. ``(3, 32, 32)``), when ``inputs`` is not given.
+        inputs: example inputs (a tensor, a tuple of tensors for ``model(*inputs)``, a dict for
+            ``model(**inputs)``; any dtype, e.g. token ids), their batch dimension repeated or cut
+            to ``batch_size``; or a list of :class:`memprof.aggregation.user_step.InputSpec`.
+            Floating-point inputs take ``dtype``; integer inputs keep theirs.
+        loss_fn: ``loss_fn(output, inputs) -> loss``; default: the output's ``.loss`` attribute
+            or key, else cross-entropy for 2-D logits against drawn targets, else the mean.
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"``, ``"adamw"``, or ``params -> Optimizer``.
+        optimizer_settings: keyword arguments for a named optimizer (``lr``, ``weight_decay``...).
+        dtype: ``float32``, ``bfloat16`` or ``float16`` for parameters and float inputs.
+        autocast: run forward and loss under ``torch.autocast`` with this dtype (None: off).
+        accumulation_steps: forward and backward this many times per optimizer step.
         device: ``cpu`` or ``cuda`` (a CUDA estimate needs no GPU).
         estimate: run under FakeTensorMode instead of allocating.
         name: the model name shown (default: the class name).
@@ -591,12 +684,17 @@ def profile_step(
         The :class:`StepProfile`.
 
     Raises:
-        UsageError: for a bad argument, or an input shape the model rejects.
+        UsageError: for a bad argument, or inputs the model rejects.
     """
-    batch_size, shape, optimizer, dt, dev = check_step_args(batch_size, input_shape, optimizer, dtype, device, estimate)
+    batch_size, shape, optimizer, dt, dev = check_step_args(
+        batch_size, input_shape, optimizer, dtype, device, estimate,
+        inputs=inputs, autocast=autocast, accumulation_steps=accumulation_steps)
     if not isinstance(model, nn.Module):
         raise UsageError(f"expected an nn.Module, got {type(model).__name__}")
     name = name or type(model).__name__
+    recipe = StepRecipe(loss_fn, parse_dtype(autocast) if autocast is not None else None, int(accumulation_steps))
+    settings = dict(optimizer_settings or {})
+    label = _label(optimizer)
     if estimate:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -611,29 +709,46 @@ def profile_step(
         mode = FakeTensorMode()
         work = make_fake_model(model, mode, trace_dev, dt)
         work.train()
+        real = _batch(inputs, batch_size, shape, torch.device("cpu"), dt, seed)
         with mode, _quiet_fake_tensor_log():
-            x = torch.empty((batch_size, *shape), dtype=dt, device=trace_dev)
-            opt = make_optimizer(optimizer, work.parameters())
-            targets = _warm_up(work, opt, x, _targets_for(batch_size, trace_dev, seed))
-            record = measure_step(work, opt, x, targets)
+            x = _map_fake(real, mode, trace_dev)
+            opt = make_optimizer(optimizer, work.parameters(), **settings)
+            targets = _warm_up(work, opt, x, _targets_for(batch_size, trace_dev, seed), recipe)
+            record = measure_step(work, opt, x, targets, recipe=recipe)
         profile = build_profile(
-            record, name=name, batch_size=batch_size, input_shape=shape, device=dev, dtype=dt,
-            optimizer=optimizer, mode="estimated", simulate_cuda=dev.type == "cuda",
+            record, name=name, batch_size=batch_size, input_shape=_sample_shape(x, shape), device=dev, dtype=dt,
+            optimizer=label, mode="estimated", simulate_cuda=dev.type == "cuda",
         )
         if trace_dev != dev:
             profile.notes.append("no GPU here: the step was traced with CPU kernels (NOTE [ CUDA estimates without a GPU ])")
         return profile
     work = copy.deepcopy(model).to(device=dev, dtype=dt)
     work.train()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch_size, *shape), generator=g).to(device=dev, dtype=dt)
-    opt = make_optimizer(optimizer, work.parameters())
-    targets = _warm_up(work, opt, x, _targets_for(batch_size, dev, seed))
-    record = measure_step(work, opt, x, targets, allocator=make_allocator_tracker(dev))
+    x = _batch(inputs, batch_size, shape, dev, dt, seed)
+    opt = make_optimizer(optimizer, work.parameters(), **settings)
+    targets = _warm_up(work, opt, x, _targets_for(batch_size, dev, seed), recipe)
+    record = measure_step(work, opt, x, targets, allocator=make_allocator_tracker(dev), recipe=recipe)
     return build_profile(
-        record, name=name, batch_size=batch_size, input_shape=shape, device=dev, dtype=dt,
-        optimizer=optimizer, mode="measured",
+        record, name=name, batch_size=batch_size, input_shape=_sample_shape(x, shape), device=dev, dtype=dt,
+        optimizer=label, mode="measured",
     )
+
+
+def _sample_shape(x: Inputs, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One sample's shape of the first input (for the report)."""
+    return shape or tuple(next(t for t in input_tensors(x) if t.dim() > 0).shape[1:])
+
+
+def _map_fake(real: Inputs, mode: Any, device: torch.device) -> Inputs:
+    """Fake copies of real inputs (same shapes and dtypes, no memory), on ``device``."""
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        return mode.from_tensor(t).to(device)
+
+    if isinstance(real, torch.Tensor):
+        return fake(real)
+    if isinstance(real, dict):
+        return {k: fake(v) if isinstance(v, torch.Tensor) else v for k, v in real.items()}
+    return tuple(fake(v) if isinstance(v, torch.Tensor) else v for v in real)
 
 
 def fit_batch_size(

@@ -30,6 +30,14 @@ gives them back in ``finally`` (also when the user's code raises):
 # mode adds the per-op dispatch mode back for the one thing it alone can see: which blocks a
 # tensor owns, so that kernel workspaces are told apart from temporaries.
 
+# NOTE [ Fine mode and wrapped scalars ]
+# Under any Python dispatch mode, an op called with a Python number (``t.add_(1)``, most of an
+# optimizer's arithmetic) wraps the number into an 8-byte tensor outside the mode, receives it
+# back as a number in ``__torch_dispatch__`` and wraps it again for the real call: 8 more bytes
+# while the op runs. A fine-mode peak that falls inside such an op is 8 bytes above the fast
+# mode's (seen with AdamW: ViT, timm, BERT in tests/test_track_models.py); the fast mode
+# changes no allocation at all, which is why it is the default and the reference.
+
 Python-side events carry ``time.time_ns()``; the profiler's events are on the same clock
 (its approximate clock is converted to Unix time), sub-microsecond apart in practice: events
 are only ever compared with blocks that are alive for much longer, by address.
