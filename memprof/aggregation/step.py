@@ -761,6 +761,7 @@ def fit_batch_size(
     device: str | torch.device = "cpu",
     name: str | None = None,
     max_batch_size: int = 1 << 24,
+    **step: Any,
 ) -> tuple[int, StepProfile | None]:
     """The largest batch size whose estimated step peak fits ``memory`` bytes.
 
@@ -780,6 +781,8 @@ def fit_batch_size(
         device: ``"cuda"`` applies the caching allocator model.
         name: the model name shown.
         max_batch_size: never probe above this.
+        step: further arguments of :func:`profile_step` (``inputs``, ``loss_fn``,
+            ``optimizer_settings``, ``autocast``, ``accumulation_steps``).
 
     Returns:
         ``(batch_size, profile at that size)``; ``(0, None)`` when not even batch 1 fits.
@@ -788,12 +791,14 @@ def fit_batch_size(
         UsageError: for a bad argument.
     """
     memory = check_positive_int("memory budget (bytes)", memory)
+    check_step_args(1, input_shape, optimizer, dtype, device, True, inputs=step.get("inputs"),
+                    autocast=step.get("autocast"), accumulation_steps=step.get("accumulation_steps", 1))
     probes: dict[int, StepProfile] = {}
 
     def peak(b: int) -> int:
         if b not in probes:
             probes[b] = profile_step(model, b, input_shape, optimizer=optimizer, dtype=dtype, device=device,
-                                     estimate=True, name=name)
+                                     estimate=True, name=name, **step)
         return probes[b].peak_bytes
 
     if peak(1) > memory:

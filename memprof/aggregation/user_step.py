@@ -39,6 +39,7 @@ __all__ = [
     "make_inputs",
     "make_optimizer",
     "parse_input_spec",
+    "parse_optimizer_spec",
     "resize_batch",
 ]
 
@@ -240,6 +241,30 @@ def make_optimizer(spec: str | Callable[[Any], torch.optim.Optimizer], params: A
         return cls(params, **{**defaults, **settings})
     except TypeError as exc:
         raise UsageError(f"bad setting for optimizer {spec!r}: {exc}") from None
+
+
+def parse_optimizer_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """``name[:key=value,...]`` (e.g. ``adamw:lr=1e-4,weight_decay=0.1``) -> (name, settings).
+
+    Values are read as Python literals (numbers, booleans, tuples such as ``(0.9,0.95)``).
+
+    Raises:
+        UsageError: for an unknown name or a setting that is not ``key=value``.
+    """
+    import ast
+
+    name, _, rest = text.partition(":")
+    check_choice("optimizer", name, OPTIMIZER_NAMES)
+    settings: dict[str, Any] = {}
+    for item in re.split(r",(?![^()]*\))", rest) if rest else []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise UsageError(f"bad optimizer setting {item!r} in {text!r}; expected key=value, e.g. adamw:lr=1e-4")
+        try:
+            settings[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise UsageError(f"bad optimizer setting {item!r} in {text!r}: {value!r} is not a number or literal") from None
+    return name, settings
 
 
 @dataclass

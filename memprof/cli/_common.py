@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import UsageError
 
-__all__ = ["load_model", "model_help", "write_output"]
+__all__ = ["add_step_options", "load_model", "model_help", "step_options", "write_output"]
 
 
 def model_help() -> str:
@@ -77,3 +77,35 @@ def write_output(text: str, out: str | None) -> None:
 
     path = atomic_write_text(out, text)
     print(f"wrote {path}", file=sys.stderr)
+
+
+def add_step_options(p: Any) -> None:
+    """The options that describe a user's step: --input, --optimizer, --autocast, --accumulation-steps."""
+    p.add_argument("--input", action="append", default=None, metavar="NAME:DTYPE:SHAPE[:RANGE]",
+                   help="one model input, repeatable: one sample's shape (the batch dimension scales with "
+                   "--batch-size) and for integer inputs the value range, e.g. input_ids:int64:128:50257 "
+                   "(several inputs, or a name other than x, are passed by keyword) (default: one float "
+                   "input of --input-shape)")
+    p.add_argument("--optimizer", default="sgd",
+                   help="sgd (lr 0.1, momentum 0.9), adam or adamw (lr 1e-3), with settings after a colon, "
+                   "e.g. adamw:lr=1e-4,weight_decay=0.1 (default: sgd)")
+    p.add_argument("--autocast", default=None,
+                   help="run forward and loss under torch.autocast with this dtype: bfloat16 or float16 "
+                   "(default: off)")
+    p.add_argument("--accumulation-steps", default="1",
+                   help="forward and backward this many times per optimizer step (default: 1)")
+
+
+def step_options(args: Any) -> dict[str, Any]:
+    """Keyword arguments of profile_step from the options of :func:`add_step_options`."""
+    from ..aggregation.user_step import parse_input_spec, parse_optimizer_spec
+    from ..errors import check_positive_int
+
+    name, settings = parse_optimizer_spec(args.optimizer)
+    return {
+        "inputs": [parse_input_spec(s) for s in args.input] if args.input else None,
+        "optimizer": name,
+        "optimizer_settings": settings,
+        "autocast": args.autocast,
+        "accumulation_steps": check_positive_int("--accumulation-steps", args.accumulation_steps),
+    }

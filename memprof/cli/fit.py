@@ -8,7 +8,7 @@ from ..units import DTYPES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ._common import model_help
+    from ._common import add_step_options, model_help
 
     p = sub.add_parser(
         "fit",
@@ -19,11 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "workspaces are not modelled: leave headroom for them.",
     )
     p.add_argument("model", help=model_help())
+    add_step_options(p)
     p.add_argument("--memory", required=True,
                    help="the budget: 16GiB, 16GB (decimal), 512MiB or bytes, e.g. 17179869184 (required)")
     p.add_argument("--input-shape", default=None,
                    help="one sample's shape, e.g. 3,32,32 (default: the registered model's)")
-    p.add_argument("--optimizer", default="sgd", help="sgd or adam (default: sgd)")
     p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--format", default="text", help="text or json (default: text)")
@@ -43,10 +43,14 @@ def run(args: argparse.Namespace) -> int:
         budget = parse_bytes(args.memory)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    model, name, shape = resolve_model(args.model, args.input_shape)
-    check_step_args(1, shape, args.optimizer, args.dtype, args.device, True)
-    batch, prof = fit_batch_size(build_model(model), budget, shape, optimizer=args.optimizer, dtype=args.dtype,
-                                 device=args.device, name=name)
+    from ._common import step_options
+
+    step = step_options(args)
+    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None)
+    check_step_args(1, shape, step["optimizer"], args.dtype, args.device, True, inputs=step["inputs"],
+                    autocast=step["autocast"], accumulation_steps=step["accumulation_steps"])
+    batch, prof = fit_batch_size(build_model(model), budget, shape, dtype=args.dtype, device=args.device, name=name,
+                                 **step)
     if args.format == "json":
         print(json.dumps({
             "model": name, "memory_bytes": budget, "device": args.device, "dtype": args.dtype,

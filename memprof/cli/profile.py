@@ -10,7 +10,7 @@ FORMATS = ("text", "markdown", "json")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ._common import model_help
+    from ._common import add_step_options, model_help
 
     p = sub.add_parser(
         "profile",
@@ -21,11 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "With --estimate nothing is allocated (FakeTensorMode).",
     )
     p.add_argument("model", help=model_help())
+    add_step_options(p)
     p.add_argument("--batch-size", default="32", help="samples per step (default: 32)")
     p.add_argument("--input-shape", default=None,
                    help="one sample's shape, e.g. 3,32,32 (default: the registered model's; "
                    "required for package.module:factory)")
-    p.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam (default: sgd)")
     p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--estimate", action="store_true",
@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_model(spec: str, input_shape: str | None) -> tuple[object, str, tuple[int, ...] | None]:
+def resolve_model(spec: str, input_shape: str | None, inputs_given: bool = False) -> tuple[object, str, tuple[int, ...] | None]:
     """(model or registered name, display name, input shape or None) for a name or a factory spec.
 
     A registered model is returned by name and built only by :func:`build_model`, after the
@@ -50,6 +50,8 @@ def resolve_model(spec: str, input_shape: str | None) -> tuple[object, str, tupl
     model = load_model(spec)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     if isinstance(model, str):
+        if inputs_given:
+            return model, model, shape
         return model, model, shape or tuple(get_model_info(model).input_shape)
     return model, spec, shape
 
@@ -68,10 +70,14 @@ def run(args: argparse.Namespace) -> int:
     check_choice("format", args.format, FORMATS)
     if args.timeline is not None and not str(args.timeline).lower().endswith(".png"):
         raise UsageError(f"--timeline {args.timeline!r} must name a .png file")
-    model, name, shape = resolve_model(args.model, args.input_shape)
-    check_step_args(args.batch_size, shape, args.optimizer, args.dtype, args.device, args.estimate)
-    prof = profile_step(build_model(model), int(args.batch_size), shape, optimizer=args.optimizer,
-                        dtype=args.dtype, device=args.device, estimate=args.estimate, name=name)
+    from ._common import step_options
+
+    step = step_options(args)
+    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None)
+    check_step_args(args.batch_size, shape, step["optimizer"], args.dtype, args.device, args.estimate,
+                    inputs=step["inputs"], autocast=step["autocast"], accumulation_steps=step["accumulation_steps"])
+    prof = profile_step(build_model(model), int(args.batch_size), shape, dtype=args.dtype, device=args.device,
+                        estimate=args.estimate, name=name, **step)
     if args.format == "json":
         print(prof.to_json(), end="")
     elif args.format == "markdown":
