@@ -46,9 +46,11 @@ def test_run_reports_every_step_and_passes_argv(tmp_path, capsys):
 
 
 def test_steps_option_stops_cleanly(tmp_path, capsys):
-    script = _script(tmp_path, LOOP)
-    assert main(["run", "--steps", "2", "--format", "json", str(script), "10"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    script = _script(tmp_path, LOOP + "\nprint('script output')\n")
+    out = tmp_path / "report.json"
+    assert main(["run", "--steps", "2", "--format", "json", "--out", str(out), str(script), "10"]) == 0
+    assert "script output" not in capsys.readouterr().out  # stopped before the end
+    doc = json.loads(out.read_text())
     assert len(doc["steps"]) == 2 and any("--steps" in n for n in doc["notes"])
 
 

@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="text", help=f"{', '.join(FORMATS)} (default: text)")
     p.add_argument("--timeline", default=None, metavar="PATH.png",
                    help="write the steady-state step's timeline of live bytes by category (default: none)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="write the report there instead of stdout, apart from the script's own output "
+                   "(default: stdout, after the script's output)")
     p.add_argument("--mode", default="fast",
                    help="fast (allocator events and hooks, ~1 us per op) or fine (adds a per-op dispatch "
                    "mode that tells kernel workspaces from temporaries) (default: fast)")
@@ -119,15 +122,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(rec: Any, args: argparse.Namespace, script: Path, status: int) -> None:
+    from ._common import write_output
+
     if args.format == "json":
         from ..rendering.tables import render_json
 
         doc = {"script": str(args.script), "args": list(args.args), "exit_status": status, **rec.to_dict()}
-        sys.stdout.write(render_json(doc))
+        text = render_json(doc)
     elif args.format == "markdown":
-        sys.stdout.write(rec.to_markdown())
+        text = rec.to_markdown()
     else:
-        sys.stdout.write(rec.to_text())
+        text = rec.to_text()
+    write_output(text, args.out)
     sys.stdout.flush()
     if args.timeline is not None and rec.steps:
         rec.steady_state.plot(args.timeline)
