@@ -12,9 +12,9 @@ batch, interleaved so that machine load hits all alike:
   ``memprof profile`` uses (a step of the registered models only).
 
 Figures are CPU time of this process (other processes' load disturbs it much less than wall
-time), one intra-op thread by default. For each recorded kind the ratio to the plain step of
-the same round is computed per round; the table shows the smallest ratio and the range over the
-rounds. The step inside ``track()`` is timed on its own; the fixed cost of a ``track()`` block
+time), one intra-op thread by default, garbage collected before each timing. Each round runs
+every kind once, in an order that rotates from round to round; the table shows the fastest
+recorded step over the fastest plain step, and the range of the per-round ratios. The step inside ``track()`` is timed on its own; the fixed cost of a ``track()`` block
 (profiler start and stop, turning the events into step profiles) is shown separately, in
 seconds, as "track block s".
 
@@ -29,6 +29,7 @@ Usage: python benchmarks/profiler_overhead.py [--models vgg19,gpt2] [--batch-siz
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections.abc import Callable
 
@@ -85,6 +86,7 @@ def gpt2_step() -> tuple[Step, Step | None] | None:
 
 
 def cpu_time(fn: Step) -> float:
+    gc.collect()  # the previous kind's garbage is not this one's cost
     c0 = time.process_time()
     fn()
     return time.process_time() - c0
@@ -92,6 +94,7 @@ def cpu_time(fn: Step) -> float:
 
 def tracked(step: Step, mode: str) -> tuple[float, float]:
     """(CPU time of the step inside track(), CPU time of the whole block minus the step)."""
+    gc.collect()
     c0 = time.process_time()
     with track(mode=mode) as rec:
         inner = cpu_time(step)
@@ -105,21 +108,30 @@ def measure(step: Step, per_op: Step | None, repeats: int) -> dict[str, list[flo
     tracked(step, "fast")  # the profiler's first start costs seconds, once per process
     tracked(step, "fine")
     out: dict[str, list[float]] = {"plain": [], "fast": [], "fine": [], "per_op": [], "block": []}
-    for _ in range(repeats):
-        plain = cpu_time(step)
-        fast, block = tracked(step, "fast")
-        fine, _ = tracked(step, "fine")
-        out["plain"].append(plain)
-        out["fast"].append(fast / plain)
-        out["fine"].append(fine / plain)
-        out["block"].append(block)
-        if per_op is not None:
-            out["per_op"].append(cpu_time(per_op) / plain)
+    for r in range(repeats):
+        times: dict[str, float] = {}
+        kinds = ["plain", "fast", "fine"] + (["per_op"] if per_op is not None else [])
+        for kind in kinds[r % len(kinds):] + kinds[: r % len(kinds)]:  # a different order each round
+            if kind == "plain":
+                times[kind] = cpu_time(step)
+            elif kind == "per_op":
+                times[kind] = cpu_time(per_op)  # type: ignore[arg-type]
+            else:
+                times[kind], block = tracked(step, kind)
+                if kind == "fast":
+                    out["block"].append(block)
+        out["plain"].append(times["plain"])
+        for kind in kinds[1:]:
+            out[kind].append(times[kind])
     return out
 
 
-def fmt_range(values: list[float]) -> str:
-    return f"{min(values):.3f} ({min(values):.2f}-{max(values):.2f})" if values else "-"
+def fmt_ratio(times: list[float], plain: list[float]) -> str:
+    """Fastest over fastest, and the range of the per-round ratios."""
+    if not times:
+        return "-"
+    per_round = [t / p for t, p in zip(times, plain)]
+    return f"{min(times) / min(plain):.3f} ({min(per_round):.2f}-{max(per_round):.2f})"
 
 
 def main() -> None:
@@ -131,7 +143,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU time, {torch.get_num_threads()} thread(s), {args.repeats} interleaved rounds; torch {torch.__version__}")
-    print("ratio to a plain step of the same round: smallest (range over rounds)")
+    print("ratio to a plain step: fastest over fastest (range of the per-round ratios); kinds in a rotating order")
     head = (f"{'model':<8} {'batch':>7} {'plain s':>8} {'track fast':>20} {'track fine':>20} "
             f"{'profile (per-op)':>20} {'track block s':>14}")
     print(head)
@@ -148,8 +160,10 @@ def main() -> None:
                 print(f"{name:<8} {batch:>7}  skipped: pip install transformers (test extra)")
                 continue
             r = measure(steps[0], steps[1], args.repeats)
-            print(f"{name:<8} {batch:>7} {min(r['plain']):>8.3f} {fmt_range(r['fast']):>20} {fmt_range(r['fine']):>20} "
-                  f"{fmt_range(r['per_op']):>20} {min(r['block']):>14.3f}", flush=True)
+            plain = r["plain"]
+            print(f"{name:<8} {batch:>7} {min(plain):>8.3f} {fmt_ratio(r['fast'], plain):>20} "
+                  f"{fmt_ratio(r['fine'], plain):>20} {fmt_ratio(r['per_op'], plain):>20} {min(r['block']):>14.3f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from .aggregation import LayerTable, layer_table  # noqa: E402
 from .aggregation.compare import StrategyComparison, compare_strategies  # noqa: E402
 from .aggregation.step import StepProfile, fit_batch_size, profile_step  # noqa: E402
 from .aggregation.sweep import SweepResult, sweep  # noqa: E402
-from .aggregation.tracked import Recording, track  # noqa: E402
+from .aggregation.tracked import TrackRecording, track  # noqa: E402
 from .models import get_model, get_model_info, list_models  # noqa: E402
 from .reversible import (  # noqa: E402
     AdditiveCoupling,
@@ -26,9 +26,9 @@ __all__ = [
     "Invertible1x1Conv",
     "InvertibleDownsample",
     "LayerTable",
-    "Recording",
     "ReversibleSequence",
     "StrategyComparison",
+    "TrackRecording",
     "StepProfile",
     "SweepResult",
     "__version__",

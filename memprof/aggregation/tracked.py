@@ -1,4 +1,4 @@
-"""The steps of the user's own training loop: :func:`track` and its :class:`Recording`.
+"""The steps of the user's own training loop: :func:`track` and its :class:`TrackRecording`.
 
 ``with memprof.track() as rec: ...`` runs any code under
 :class:`memprof.recording.session.SessionRecorder`; on exit (also when the code raised) the
@@ -37,13 +37,13 @@ from ..recording.attribution import STATE_CATEGORIES, TRACKED_CATEGORIES, Catego
 from ..recording.session import SessionLog, SessionRecorder, StepMarks, TrackMode
 from .step import StepProfile
 
-__all__ = ["Recording", "build_step_profiles", "track"]
+__all__ = ["TrackRecording", "build_step_profiles", "track"]
 
 _MODES = tuple(m.value for m in TrackMode)
 
 
 @dataclass
-class Recording:
+class TrackRecording:
     """What :func:`track` recorded: one :class:`StepProfile` per training step.
 
     Attributes:
@@ -138,7 +138,7 @@ class Recording:
 
 
 @contextlib.contextmanager
-def track(mode: str = "fast", device: str | torch.device = "cpu", max_steps: int | None = None) -> Iterator[Recording]:
+def track(mode: str = "fast", device: str | torch.device = "cpu", max_steps: int | None = None) -> Iterator[TrackRecording]:
     """Record every training step of the code in the block, without changing it.
 
     A step ends at each ``optimizer.step()`` (several optimizers stepping one after the other
@@ -166,7 +166,7 @@ def track(mode: str = "fast", device: str | torch.device = "cpu", max_steps: int
             which the block lets through) once this many steps have ended.
 
     Returns:
-        A context manager giving the :class:`Recording`.
+        A context manager giving the :class:`TrackRecording`.
 
     Raises:
         UsageError: for an unknown mode or device.
@@ -184,7 +184,7 @@ def track(mode: str = "fast", device: str | torch.device = "cpu", max_steps: int
         if dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
     recorder = SessionRecorder(TrackMode(mode), dev, max_steps)
-    rec = Recording(mode=mode)
+    rec = TrackRecording(mode=mode)
     try:
         with recorder:
             yield rec
@@ -193,7 +193,7 @@ def track(mode: str = "fast", device: str | torch.device = "cpu", max_steps: int
             _fill(rec, recorder.log)
 
 
-def _fill(rec: Recording, log: SessionLog) -> None:
+def _fill(rec: TrackRecording, log: SessionLog) -> None:
     rec.log = log
     rec.no_optimizer_step = log.no_optimizer_step
     rec.stopped_early = log.stopped_early

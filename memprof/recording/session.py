@@ -374,7 +374,7 @@ class SessionRecorder:
                     raise StopRecording(f"{len(self._steps)} steps recorded")
             if self._backward_depth == 0 and (self._phase is None or self._phase[0] != "forward"):
                 self._set_phase("forward", t)
-        name = self._name_of(module) if not self._stack else (self._names.get(module) or self._name_of(module))
+        name = self._name_of(module)
         phase = "backward" if self._backward_depth else "forward"
         self._stack.append((name, phase, t))
         if torch.is_grad_enabled():
