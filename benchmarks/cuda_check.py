@@ -42,7 +42,7 @@ def check_resize() -> bool:
 
 
 def main() -> int:
-    from memprof.aggregation.step import profile_step
+    from memprof.api.step import profile_step
     from memprof.models import get_model, get_model_info, list_models
     from memprof.units import format_bytes
 

@@ -36,8 +36,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from memprof.aggregation.step import _targets_for, _warm_up, make_optimizer, measure_step, run_step
-from memprof.aggregation.tracked import track
+from memprof.recording.runner import make_optimizer, measure_step, run_step, targets_for, warm_up
+from memprof.api.track import track
 from memprof.models import get_model, get_model_info
 from memprof.recording.allocations import CpuAllocatorTracker
 
@@ -50,7 +50,7 @@ def vgg_step(batch_size: int) -> tuple[Step, Step | None]:
     model = get_model("vgg19").train()
     x = torch.randn(batch_size, *get_model_info("vgg19").input_shape)
     opt = make_optimizer("sgd", model.parameters())
-    targets = _warm_up(model, opt, x, _targets_for(batch_size, torch.device("cpu"), 0))
+    targets = warm_up(model, opt, x, targets_for(batch_size, torch.device("cpu"), 0))
 
     def plain() -> None:
         opt.zero_grad(set_to_none=True)

@@ -11,7 +11,7 @@ import torch.optim.optimizer as optim_hooks
 from torch import nn
 
 import memprof
-from memprof.aggregation.tracked import track
+from memprof.api.track import track
 from memprof.errors import UsageError
 from memprof.recording.allocations import CpuAllocatorTracker
 from memprof.recording.session import StopRecording

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from memprof.aggregation.tracked import track
+from memprof.api.track import track
 from memprof.recording.allocations import CpuAllocatorTracker
 
 Case = tuple[nn.Module, torch.optim.Optimizer, Callable[[], None]]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from memprof.aggregation.step import fit_batch_size, profile_step
-from memprof.aggregation.user_step import InputSpec, parse_input_spec, resize_batch
+from memprof.api.step import fit_batch_size, profile_step
+from memprof.recording.user_step import InputSpec, parse_input_spec, resize_batch
 from memprof.cli import main
 from memprof.errors import UsageError
 

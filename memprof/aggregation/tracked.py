@@ -1,11 +1,9 @@
-"""The steps of the user's own training loop: :func:`track` and its :class:`TrackRecording`.
+"""The steps of the user's own training loop, from a :class:`~memprof.recording.session.SessionLog`.
 
-``with memprof.track() as rec: ...`` runs any code under
-:class:`memprof.recording.session.SessionRecorder`; on exit (also when the code raised) the
-recorded allocator events are cut into training steps and each becomes a
-:class:`memprof.aggregation.step.StepProfile`, the same object ``profile_step`` returns.
-
-How a step's figures are made (all from the allocator's own events, exact on the CPU):
+:func:`build_step_profiles` cuts the allocator events that
+:class:`~memprof.recording.session.SessionRecorder` recorded into training steps and returns one
+:class:`~memprof.aggregation.step.StepProfileData` per step, the same figures ``profile_step``
+has. How each figure is made (all from the allocator's own events, exact on the CPU):
 
 - ``peak_bytes``: the highest live bytes during the step. Live bytes are the running sum of
   the allocator's events since the block started, plus the storages of the models and
@@ -17,194 +15,44 @@ How a step's figures are made (all from the allocator's own events, exact on the
   temporaries include kernel workspaces; the fine mode reports blocks no tensor owns as
   ``unattributed``.
 - ``activation_peak_bytes``: the peak of live bytes other than parameters, gradients and
-  optimizer state (NOTE [ The activation peak, defined once ] in recording/attribution.py).
+  optimizer state (NOTE [ The activation peak, defined once ]).
 - per-module forward/backward peaks, phases, and the timeline, on the allocator's event clock.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from ..errors import UsageError, check_choice
-from ..recording.attribution import STATE_CATEGORIES, TRACKED_CATEGORIES, Category, Timeline
-from ..recording.session import SessionLog, SessionRecorder, StepMarks, TrackMode
-from .step import StepProfile
+from ..vocabulary import STATE_CATEGORIES, TRACKED_CATEGORIES, Category, Mode, TrackMode
+from .step import StepProfileData
 
-__all__ = ["TrackRecording", "build_step_profiles", "track"]
+if TYPE_CHECKING:
+    from ..recording.session import SessionLog, StepMarks
 
-_MODES = tuple(m.value for m in TrackMode)
+__all__ = ["TrackedStep", "build_step_profiles"]
 
 
 @dataclass
-class TrackRecording:
-    """What :func:`track` recorded: one :class:`StepProfile` per training step.
+class TrackedStep:
+    """One recorded step's figures, and its timeline as plain arrays.
 
     Attributes:
-        steps: the steps in order; ``steps[-1]`` is the steady state. Filled when the block
-            exits, also when it raised.
-        mode: ``fast`` or ``fine``.
-        no_optimizer_step: the code never called ``optimizer.step()``; ``steps`` then holds the
-            whole block as one step.
-        notes: what the recording could not see, in words.
+        data: the step's :class:`StepProfileData` (``timeline`` left None: the caller makes
+            the :class:`~memprof.recording.timeline.Timeline` from the two fields below).
+        by_category: live bytes per tracked category after each allocator event of the step
+            (index 0: before its first event).
+        phases: ``(phase, start, end)`` on that clock.
     """
 
-    mode: str
-    steps: list[StepProfile] = field(default_factory=list)
-    no_optimizer_step: bool = False
-    stopped_early: bool = False
-    notes: list[str] = field(default_factory=list)
-    log: SessionLog | None = field(default=None, repr=False)
-
-    @property
-    def steady_state(self) -> StepProfile:
-        """The last step (the one a training loop repeats).
-
-        Raises:
-            ValueError: if no step was recorded.
-        """
-        if not self.steps:
-            raise ValueError("no training step was recorded")
-        return self.steps[-1]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able: ``steps`` (each with the keys of ``memprof profile --format json``) and notes."""
-        return {
-            "mode": self.mode,
-            "no_optimizer_step": self.no_optimizer_step,
-            "stopped_early": self.stopped_early,
-            "notes": list(self.notes),
-            "steps": [s.to_dict() for s in self.steps],
-        }
-
-    def to_json(self) -> str:
-        """JSON with the keys of :meth:`to_dict`, ending with a newline."""
-        from ..rendering.tables import render_json
-
-        return render_json(self.to_dict())
-
-    def steps_frame(self) -> Any:
-        """One row per step: peak, activation peak, phase peaks, step time (bytes as integers)."""
-        import pandas as pd
-
-        rows = []
-        for i, s in enumerate(self.steps, 1):
-            rows.append({
-                "step": i,
-                "peak_bytes": s.peak_bytes,
-                "activation_peak_bytes": s.activation_peak_bytes,
-                **{f"{ph}_peak_bytes": row.get("peak_bytes") for ph, row in s.phases.items()},
-                "step_time_s": s.step_time_s,
-            })
-        return pd.DataFrame(rows)
-
-    def _render(self, fmt: str, max_modules: int | None) -> str:
-        from ..rendering.tables import render_sections, render_table
-        from ..units import format_bytes
-
-        def fmt_bytes(v: Any) -> str:
-            return "" if v is None or (isinstance(v, float) and v != v) else format_bytes(int(v), "MiB")
-
-        frame = self.steps_frame()
-        fmts = {c: fmt_bytes for c in frame.columns if c.endswith("_bytes")}
-        fmts["step_time_s"] = lambda v: "" if v is None or v != v else f"{v:.3f}"
-        notes = list(self.notes)
-        parts = [render_table(frame, fmt, title=f"Steps recorded ({self.mode} mode)", formatters=fmts,
-                              headers={"peak_bytes": "peak (measured)", "activation_peak_bytes": "activation peak",
-                                       "forward_peak_bytes": "forward peak", "backward_peak_bytes": "backward peak",
-                                       "optimizer_peak_bytes": "optimizer peak", "step_time_s": "time s"},
-                              notes=notes)]
-        if self.steps:
-            head = self.steady_state._render(fmt, max_modules)
-            parts.append(head)
-        return render_sections(parts)
-
-    def to_text(self, max_modules: int | None = None) -> str:
-        """Every step in one table, then the steady-state step's full report."""
-        return self._render("text", max_modules)
-
-    def to_markdown(self, max_modules: int | None = None) -> str:
-        """As :meth:`to_text`, in Markdown."""
-        return self._render("markdown", max_modules)
-
-    def __str__(self) -> str:
-        return self.to_text()
+    data: StepProfileData
+    by_category: dict[str, np.ndarray]
+    phases: list[tuple[str, int, int]]
 
 
-@contextlib.contextmanager
-def track(mode: str = "fast", device: str | torch.device = "cpu", max_steps: int | None = None) -> Iterator[TrackRecording]:
-    """Record every training step of the code in the block, without changing it.
-
-    A step ends at each ``optimizer.step()`` (several optimizers stepping one after the other
-    end one step together); ``rec.steps`` is filled when the block exits, also when the code
-    raised (then with the steps completed). Hooks, the saved-tensor hooks, the dispatch mode
-    and the profiler are removed on exit in every case.
-
-    Example::
-
-        with memprof.track() as rec:
-            for x, y in loader:
-                opt.zero_grad()
-                loss_fn(model(x), y).backward()
-                opt.step()
-        print(rec.steady_state.to_text())
-
-    Args:
-        mode: ``"fast"`` (default: allocator events and module, step and saved-tensor hooks;
-            about 1 us per op) or ``"fine"`` (adds a per-op dispatch mode that sees which
-            blocks a tensor owns, so that kernel workspaces are reported as ``unattributed``
-            instead of counted with temporaries; several times slower on small models). Peak
-            bytes are the same in both.
-        device: the allocator read: ``cpu`` (default) or ``cuda[:N]``.
-        max_steps: end the block (raising :class:`memprof.recording.session.StopRecording`,
-            which the block lets through) once this many steps have ended.
-
-    Returns:
-        A context manager giving the :class:`TrackRecording`.
-
-    Raises:
-        UsageError: for an unknown mode or device.
-        RuntimeError: when already recording, or started inside ``torch.profiler``.
-    """
-    check_choice("track mode", mode, _MODES)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N") from None
-    check_choice("device type", dev.type, ("cpu", "cuda"))
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("memprof.track(device='cuda') needs a CUDA device; none is available")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    recorder = SessionRecorder(TrackMode(mode), dev, max_steps)
-    rec = TrackRecording(mode=mode)
-    try:
-        with recorder:
-            yield rec
-    finally:
-        if recorder.log is not None:
-            _fill(rec, recorder.log)
-
-
-def _fill(rec: TrackRecording, log: SessionLog) -> None:
-    rec.log = log
-    rec.no_optimizer_step = log.no_optimizer_step
-    rec.stopped_early = log.stopped_early
-    rec.steps = build_step_profiles(log)
-    if log.no_optimizer_step:
-        rec.notes.append("the code never called optimizer.step(): the whole block is reported as one step")
-    if log.mode is TrackMode.FAST:
-        rec.notes.append("fast mode: temporaries include kernel workspaces (track(mode='fine') tells them apart)")
-
-
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class _Life:
     ptr: int
@@ -344,8 +192,8 @@ def _owner(marks: StepMarks, t: int) -> str:
     return best[1] if best else "(outside modules)"
 
 
-def build_step_profiles(log: SessionLog) -> list[StepProfile]:
-    """One :class:`StepProfile` per recorded step (see the module docstring for each figure)."""
+def build_step_profiles(log: SessionLog) -> list[TrackedStep]:
+    """One :class:`TrackedStep` per recorded step (see the module docstring for each figure)."""
     lives, by_ptr = _lives(log)
     pre = _classify(log, lives, by_ptr)
     times = log.memory.times
@@ -398,13 +246,13 @@ def build_step_profiles(log: SessionLog) -> list[StepProfile]:
         if not marks.state.get("parameters") and not marks.models:
             notes.append("no nn.Module ran in this step: no module rows, no parameters seen")
         shape = marks.input_shape
-        profiles.append(StepProfile(
+        profiles.append(TrackedStep(StepProfileData(
             model=" + ".join(marks.models) or "(no model seen)",
             batch_size=int(shape[0]) if shape else 0,
             device=marks.device if shape else str(log.device),
             dtype=marks.dtype or "",
             optimizer=" + ".join(marks.optimizers) or "(none)",
-            mode="measured",
+            mode=Mode.MEASURED,
             peak_bytes=peak,
             attributed_peak_bytes=int(total_tracked.max()),
             activation_peak_bytes=int(act[act_idx]),
@@ -415,9 +263,8 @@ def build_step_profiles(log: SessionLog) -> list[StepProfile]:
             input_shape=tuple(shape[1:]),
             activation_peak_holders=holders,
             notes=notes,
-            timeline=Timeline(tracked, phase_list),
             allocator_timeline=((times[i0 : i1 + 1] - marks.start) / 1e9, live[1:]),
-        ))
+        ), tracked, phase_list))
     return profiles
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UsageError
+from ..validation import UsageError, parse_input_shape
 
-__all__ = ["add_step_options", "load_model", "model_help", "step_options", "write_output"]
+__all__ = ["add_step_options", "build_model", "load_model", "model_help", "resolve_model", "step_options", "write_output"]
 
 
 def model_help() -> str:
@@ -20,6 +20,15 @@ def model_help() -> str:
 
     return (f"a registered model ({', '.join(list_models())}) or package.module:factory "
             "(a callable returning an nn.Module; needs --input-shape)")
+
+
+def _call_factory(spec: str, obj: Any) -> Any:
+    """Call a user's factory, reporting its failure in one line."""
+    try:
+        return obj()
+    except Exception as exc:  # the user's factory: report it in one line
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UsageError(f"model factory {spec!r} failed: {type(exc).__name__}: {first}") from exc
 
 
 def load_model(spec: str) -> str | nn.Module:
@@ -34,8 +43,8 @@ def load_model(spec: str) -> str | nn.Module:
         The name (registered models are built by the library) or the built module.
 
     Raises:
-        memprof.errors.UsageError: for an unknown name (listing the registered ones), a module
-            or attribute that cannot be imported, or a factory that returns no ``nn.Module``.
+        memprof.validation.UsageError: for an unknown name (listing the registered ones), a
+            module or attribute that cannot be imported, or a factory that returns no ``nn.Module``.
     """
     from ..models import list_models
 
@@ -55,17 +64,35 @@ def load_model(spec: str) -> str | nn.Module:
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"cannot load model {spec!r}: {exc}") from None
-    if callable(obj) and not isinstance(obj, nn.Module):
-        try:
-            model = obj()
-        except Exception as exc:  # the user's factory: report it in one line
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise UsageError(f"model factory {spec!r} failed: {type(exc).__name__}: {first}") from exc
-    else:
-        model = obj
+    model = _call_factory(spec, obj) if callable(obj) and not isinstance(obj, nn.Module) else obj
     if not isinstance(model, nn.Module):
         raise UsageError(f"model {spec!r} gave a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def resolve_model(spec: str, input_shape: str | None,
+                  inputs_given: bool = False) -> tuple[str | nn.Module, str, tuple[int, ...] | None]:
+    """(model or registered name, display name, input shape or None) for a name or a factory spec.
+
+    A registered model is returned by name and built only by :func:`build_model`, after the
+    arguments have been checked.
+    """
+    from ..models import get_model_info
+
+    model = load_model(spec)
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    if isinstance(model, str):
+        if inputs_given:  # --input specs replace the registered model's input shape
+            return model, model, shape
+        return model, model, shape or tuple(get_model_info(model).input_shape)
+    return model, spec, shape
+
+
+def build_model(model: str | nn.Module) -> nn.Module:
+    """The module for a registered name (or the module itself)."""
+    from ..models import get_model
+
+    return get_model(model) if isinstance(model, str) else model
 
 
 def write_output(text: str, out: str | None) -> None:
@@ -73,10 +100,11 @@ def write_output(text: str, out: str | None) -> None:
     if out is None:
         sys.stdout.write(text)
         return
-    from ..reporting import atomic_write_text
+    from ..reports.files import atomic_write_text
 
     path = atomic_write_text(out, text)
     print(f"wrote {path}", file=sys.stderr)
+
 
 
 def add_step_options(p: Any) -> None:
@@ -98,8 +126,7 @@ def add_step_options(p: Any) -> None:
 
 def step_options(args: Any) -> dict[str, Any]:
     """Keyword arguments of profile_step from the options of :func:`add_step_options`."""
-    from ..aggregation.user_step import parse_input_spec, parse_optimizer_spec
-    from ..errors import check_positive_int
+    from ..recording.user_step import parse_input_spec, parse_optimizer_spec
 
     name, settings = parse_optimizer_spec(args.optimizer)
     return {
@@ -107,5 +134,5 @@ def step_options(args: Any) -> dict[str, Any]:
         "optimizer": name,
         "optimizer_settings": settings,
         "autocast": args.autocast,
-        "accumulation_steps": check_positive_int("--accumulation-steps", args.accumulation_steps),
+        "accumulation_steps": args.accumulation_steps,
     }

@@ -47,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> tuple[Path, int | None]:
     """Every argument check before the script starts."""
-    from ..errors import UsageError, check_choice, check_positive_int
+    from ..validation import UsageError, check_choice, check_positive_int
 
     check_choice("format", args.format, FORMATS)
     check_choice("mode", args.mode, MODES)
@@ -83,7 +83,7 @@ def _exit_status(exc: SystemExit) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..aggregation.tracked import track
+    from ..api.track import track
     from ..recording.session import StopRecording
 
     script, steps = _check(args)

@@ -57,7 +57,6 @@ import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -65,25 +64,14 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..vocabulary import TrackMode
+
 __all__ = [
-    "TrackMode",
     "MemoryEvents",
     "SessionLog",
     "SessionRecorder",
     "StopRecording",
 ]
-
-
-class TrackMode(str, Enum):
-    """How much :func:`memprof.track` records.
-
-    ``fast`` (default): allocator events + module, step and saved-tensor hooks; temporaries
-    include kernel workspaces. ``fine``: also a per-op dispatch mode that sees which blocks a
-    tensor owns: kernel workspaces are reported as ``unattributed`` (slower: Python per op).
-    """
-
-    FAST = "fast"
-    FINE = "fine"
 
 
 class StopRecording(BaseException):

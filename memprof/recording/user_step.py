@@ -26,7 +26,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from ..errors import UsageError, check_choice
+from ..validation import UsageError, check_choice
 
 __all__ = [
     "INPUT_DTYPES",
@@ -267,7 +267,7 @@ def parse_optimizer_spec(text: str) -> tuple[str, dict[str, Any]]:
     return name, settings
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepRecipe:
     """How one training step runs: loss, precision, accumulation.
 

@@ -1,0 +1,485 @@
+"""Running training steps: one step, one step under the trackers, and steps timed side by side.
+
+The step is the one a training loop repeats: ``zero_grad(set_to_none=True)``, forward, loss,
+backward, ``optimizer.step()``. :func:`record_step` profiles it in steady state: one warm-up
+step first creates the optimizer state (SGD momentum, Adam moments), then the gradients are set
+to None and the recorded step runs. Resident before it: parameters and buffers, optimizer state,
+the batch. A measurement runs on a real copy of the model under the allocator tracker and the
+storage tracker; an estimate runs the same step on a fake copy (FakeTensorMode: no memory, the
+same storages). :func:`time_steps` is the one timing loop: steps of several setups interleaved
+round by round (NOTE [ Step times side by side ]).
+
+Aggregation reads the :class:`StepRecord` this module returns; it never runs a step itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..validation import UsageError
+from ..vocabulary import Phase, dtype_name
+from .allocations import (
+    AllocatorResult,
+    CpuAllocatorTracker,
+    CudaAllocatorTracker,
+    make_allocator_tracker,
+)
+from .attribution import StorageTracker
+from .user_step import (
+    InputSpec,
+    Inputs,
+    StepRecipe,
+    call_model,
+    default_loss,
+    first_tensor,
+    input_tensors,
+    make_inputs,
+    output_loss,
+    resize_batch,
+    to_device,
+)
+from .user_step import make_optimizer as _make_optimizer
+
+__all__ = [
+    "StepRecord",
+    "StepSpec",
+    "make_batch",
+    "StepSetup",
+    "compute_loss",
+    "make_optimizer",
+    "measure_step",
+    "record_step",
+    "run_step",
+    "targets_for",
+    "time_steps",
+    "warm_up",
+]
+
+
+def make_optimizer(name: Any, params: Any, **settings: Any) -> torch.optim.Optimizer:
+    """``sgd`` (lr 0.1, momentum 0.9: the deck's recipe), ``adam`` or ``adamw`` (lr 1e-3), with
+    ``settings`` over those defaults, or any ``params -> Optimizer`` callable.
+
+    Raises:
+        UsageError: for another name, listing the allowed ones.
+    """
+    return _make_optimizer(name, params, **settings)
+
+
+def compute_loss(output: Any, targets: torch.Tensor | None) -> torch.Tensor:
+    """The output's own ``.loss``; cross-entropy for (B, classes) logits with targets; the mean otherwise."""
+    return default_loss(output, targets)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _NoPhases:
+    """Stands in for an allocator tracker when nobody marks phases."""
+
+    def phase(self, name: str) -> Any:
+        return contextlib.nullcontext()
+
+
+def run_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Inputs,
+    targets: torch.Tensor | None,
+    tracker: StorageTracker | None = None,
+    allocator: Any = None,
+    phase_times: dict[str, float] | None = None,
+    recipe: StepRecipe | None = None,
+) -> torch.Tensor:
+    """Forward, loss, backward (``accumulation_steps`` times) and optimizer step (gradients must
+    have been set to None before).
+
+    Args:
+        model, optimizer, targets: the step.
+        inputs: a tensor, a tuple (``model(*inputs)``) or a dict (``model(**inputs)``).
+        tracker: told where each phase starts (:meth:`StorageTracker.set_phase`).
+        allocator: an allocator tracker whose ``phase(name)`` context brackets each phase.
+        phase_times: if given, filled with the time of each phase in seconds: CPU time of the
+            process on the CPU (robust to other processes' load), wall time on CUDA (synchronised);
+            a phase repeated by accumulation adds up.
+        recipe: loss, autocast and accumulation (default: :class:`StepRecipe`).
+
+    Returns:
+        The loss of the last micro-step (detached).
+    """
+    recipe = recipe or StepRecipe()
+    marks = allocator if allocator is not None else _NoPhases()
+    device = input_tensors(inputs)[0].device
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    last = [clock(), ""]
+
+    def set_phase(name: str) -> None:
+        if phase_times is not None:
+            _sync(device)
+            now = clock()
+            if last[1]:
+                phase_times[last[1]] = phase_times.get(last[1], 0.0) + now - last[0]
+            last[:] = [now, name]
+        if tracker is not None:
+            tracker.set_phase(name)
+
+    for _ in range(recipe.accumulation_steps):
+        set_phase(Phase.FORWARD.value)
+        with marks.phase(Phase.FORWARD.value):
+            with recipe.autocast_context(device):
+                output = call_model(model, inputs)
+                loss = recipe.loss(output, inputs, targets)
+            if recipe.accumulation_steps > 1:
+                loss = loss / recipe.accumulation_steps
+            del output
+        set_phase(Phase.BACKWARD.value)
+        with marks.phase(Phase.BACKWARD.value):
+            loss.backward()
+    set_phase(Phase.OPTIMIZER.value)
+    with marks.phase(Phase.OPTIMIZER.value):
+        optimizer.step()
+    if phase_times is not None:
+        _sync(device)
+        phase_times[last[1]] = phase_times.get(last[1], 0.0) + clock() - last[0]
+    return loss.detach()
+
+
+@dataclass
+class StepRecord:
+    """What one recorded step left behind: the trackers after the step.
+
+    Attributes:
+        loss: the step's loss (detached).
+        tracker: the storage tracker (timeline, module intervals, holders).
+        allocator: the allocator tracker's result (None in an estimate).
+        step_time_s: wall time of the step under the trackers (None in an estimate).
+        step_cpu_time_s: CPU time of this process during the step (all threads).
+        traced_on: the device the step really ran on (an estimate for CUDA without a GPU is
+            traced on the CPU: NOTE [ CUDA estimates without a GPU ]).
+        cuda_model: for a CUDA estimate, ``(allocated, reserved)`` bytes after every event of the
+            storage stream replayed through the caching-allocator model.
+        cuda_not_modelled: what that model leaves out (said with every CUDA estimate).
+    """
+
+    loss: torch.Tensor
+    tracker: StorageTracker
+    allocator: AllocatorResult | None
+    step_time_s: float | None
+    step_cpu_time_s: float | None = None
+    traced_on: torch.device | None = None
+    cuda_model: tuple[np.ndarray, np.ndarray] | None = None
+    cuda_not_modelled: tuple[str, ...] = ()
+    #: one sample's shape of the first input (for reports)
+    input_shape: tuple[int, ...] = ()
+
+
+def measure_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Inputs,
+    targets: torch.Tensor | None,
+    allocator: CpuAllocatorTracker | CudaAllocatorTracker | None = None,
+    recipe: StepRecipe | None = None,
+) -> StepRecord:
+    """Run one step under the storage tracker (and the allocator tracker, if given).
+
+    Every hook is removed on exit, also when the step raises. The loss, the gradients and the
+    updated parameters are bit-identical to those of :func:`run_step` (tests check it).
+
+    Returns:
+        The :class:`StepRecord`.
+    """
+    tracker = StorageTracker(model, optimizer, [*input_tensors(inputs), *([targets] if targets is not None else [])])
+    device = input_tensors(inputs)[0].device
+    gc.collect()
+    if allocator is None:
+        with tracker.track():
+            loss = run_step(model, optimizer, inputs, targets, tracker, recipe=recipe)
+        return StepRecord(loss, tracker, None, None, traced_on=device)
+    if isinstance(allocator, CudaAllocatorTracker):
+        tracker.listener = allocator
+    with allocator.track():
+        with tracker.track():
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss = run_step(model, optimizer, inputs, targets, tracker, allocator, recipe=recipe)
+            _sync(device)
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return StepRecord(loss, tracker, allocator.result, elapsed, cpu, traced_on=device)
+
+
+def _describe(inputs: Inputs) -> str:
+    """Shapes and dtypes of the inputs, for an error message."""
+    def one(t: torch.Tensor) -> str:
+        return f"{tuple(t.shape)} {dtype_name(t.dtype)}"
+
+    if isinstance(inputs, torch.Tensor):
+        return one(inputs)
+    if isinstance(inputs, Mapping):
+        return ", ".join(f"{k}: {one(v)}" for k, v in inputs.items() if isinstance(v, torch.Tensor))
+    return ", ".join(one(v) for v in inputs if isinstance(v, torch.Tensor))
+
+
+def warm_up(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: Inputs, make_targets: Callable[[Any], Any],
+    recipe: StepRecipe | None = None,
+) -> torch.Tensor | None:
+    """One step that creates the optimizer state; returns the targets it drew.
+
+    Raises:
+        UsageError: when the model rejects the inputs, naming their shapes and the model's error.
+    """
+    recipe = recipe or StepRecipe()
+    device = input_tensors(x)[0].device
+    try:
+        with recipe.autocast_context(device):
+            out = call_model(model, x)
+            targets = make_targets(out) if recipe.loss_fn is None else None
+            loss = recipe.loss(out, x, targets)
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(x, torch.Tensor):
+            raise UsageError(
+                f"the model rejects an input of shape {tuple(x.shape[1:])} (batch {x.shape[0]}, "
+                f"{dtype_name(x.dtype)}, {x.device.type}): {msg}"
+            ) from None
+        raise UsageError(f"the model rejects inputs {_describe(x)} ({device.type}): {msg}") from None
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    del out, loss
+    return targets
+
+
+def targets_for(batch_size: int, device: torch.device, seed: int) -> Callable[[Any], torch.Tensor | None]:
+    """A function drawing class targets for a model's output (None unless it is (B, classes) logits)."""
+
+    def make(out: Any) -> torch.Tensor | None:
+        if output_loss(out) is not None:  # the model computed its own loss
+            return None
+        try:
+            out = first_tensor(out)
+        except UsageError:
+            return None
+        if out.dim() != 2:
+            return None
+        g = torch.Generator().manual_seed(seed + 1)
+        t = torch.randint(out.shape[1], (batch_size,), generator=g)
+        return t.to(device)
+
+    return make
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_log() -> Iterator[None]:
+    """FakeTensorMode logs a traceback before re-raising a shape error; we report it in one line."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What a recorded step runs, beyond the model (arguments already checked).
+
+    Attributes:
+        batch_size: samples per step.
+        input_shape: one float sample's shape, used when ``inputs`` is None.
+        inputs: example inputs (tensor, tuple or dict; the batch dimension repeated or cut to
+            ``batch_size``) or a list of :class:`~memprof.recording.user_step.InputSpec`.
+        optimizer: a name (``sgd``, ``adam``, ``adamw``) or a ``params -> Optimizer`` callable.
+        optimizer_settings: keyword arguments for a named optimizer.
+        recipe: loss, autocast, accumulation.
+    """
+
+    batch_size: int
+    input_shape: tuple[int, ...] = ()
+    inputs: Any = None
+    optimizer: Any = "sgd"
+    optimizer_settings: tuple[tuple[str, Any], ...] = ()
+    recipe: StepRecipe = StepRecipe()
+
+
+def make_batch(spec: StepSpec, device: torch.device, dtype: torch.dtype, seed: int) -> Inputs:
+    """The step's input batch on ``device``: from specs, example tensors, or the float input shape.
+
+    Floating-point inputs take ``dtype``; integer inputs (token ids, masks) keep theirs.
+    """
+    inputs = spec.inputs
+    if inputs is None:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn((spec.batch_size, *spec.input_shape), generator=g).to(device=device, dtype=dtype)
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, InputSpec) for i in inputs):
+        batch = make_inputs(list(inputs), spec.batch_size, torch.device("cpu"), seed)
+    else:
+        batch = resize_batch(inputs, spec.batch_size)
+    return to_device(batch, device, dtype)
+
+
+def sample_shape(inputs: Inputs) -> tuple[int, ...]:
+    """One sample's shape of the first input with a batch dimension (for reports)."""
+    return tuple(next(t for t in input_tensors(inputs) if t.dim() > 0).shape[1:])
+
+
+def record_step(
+    model: nn.Module,
+    spec: StepSpec,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    estimate: bool,
+    seed: int = 0,
+) -> StepRecord:
+    """Record one steady-state training step of a copy of ``model`` (arguments already checked).
+
+    The model itself is not modified: the step runs on a deep copy, or on a fake copy when
+    estimating (FakeTensorMode: nothing allocated, the same storages).
+
+    Args:
+        model: any ``nn.Module``.
+        spec: the batch, optimizer, loss, precision and accumulation (:class:`StepSpec`).
+        dtype, device: of parameters and floating-point inputs.
+        estimate: run on a fake copy instead of allocating.
+        seed: seeds the input batch and the targets.
+
+    Returns:
+        The :class:`StepRecord` (with the allocator's result when measured).
+
+    Raises:
+        UsageError: when the model rejects the inputs.
+    """
+    if estimate:
+        return _record_fake_step(model, spec, dtype, device, seed)
+    work = copy.deepcopy(model).to(device=device, dtype=dtype)
+    work.train()
+    x = make_batch(spec, device, dtype, seed)
+    opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
+    targets = warm_up(work, opt, x, targets_for(spec.batch_size, device, seed), spec.recipe)
+    record = measure_step(work, opt, x, targets, allocator=make_allocator_tracker(device), recipe=spec.recipe)
+    record.input_shape = sample_shape(x)
+    return record
+
+
+# NOTE [ CUDA estimates without a GPU ]
+# Fake CUDA tensors can be created without a GPU, but the autograd engine needs a CUDA
+# context to run their backward. Without a GPU the step is traced with fake CPU tensors
+# (the same ops and storage sizes, except cuDNN-specific extras such as the batch-norm
+# reserve space) and the caching-allocator model is applied to that trace.
+def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, device: torch.device,
+                      seed: int) -> StepRecord:
+    """:func:`record_step` under FakeTensorMode (NOTE [ CUDA estimates without a GPU ])."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .estimate import NOT_MODELLED_CUDA, make_fake_model, simulate_cuda_allocator
+
+    trace_dev = device if device.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
+    mode = FakeTensorMode()
+    work = make_fake_model(model, mode, trace_dev, dtype)
+    work.train()
+    real = make_batch(spec, torch.device("cpu"), dtype, seed)  # small: one batch of example values
+    with mode, _quiet_fake_tensor_log():
+        x = _fake_inputs(real, mode, trace_dev)
+        opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
+        targets = warm_up(work, opt, x, targets_for(spec.batch_size, trace_dev, seed), spec.recipe)
+        record = measure_step(work, opt, x, targets, recipe=spec.recipe)
+    record.traced_on = trace_dev
+    record.input_shape = sample_shape(real)
+    if device.type == "cuda":
+        tracker = record.tracker
+        lives = [(life.start, life.end, life.nbytes) for lives in tracker.lives.values() for life in lives]
+        record.cuda_model = simulate_cuda_allocator(lives, tracker.clock + 1)
+        record.cuda_not_modelled = tuple(NOT_MODELLED_CUDA)
+    return record
+
+
+def _fake_inputs(real: Inputs, mode: Any, device: torch.device) -> Inputs:
+    """Fake copies of real inputs (same shapes and dtypes, no memory), on ``device``."""
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        return mode.from_tensor(t).to(device)
+
+    if isinstance(real, torch.Tensor):
+        return fake(real)
+    if isinstance(real, Mapping):
+        return {k: fake(v) if isinstance(v, torch.Tensor) else v for k, v in real.items()}
+    return tuple(fake(v) if isinstance(v, torch.Tensor) else v for v in real)
+
+
+@dataclass
+class StepSetup:
+    """One model ready to be timed: warmed up, its optimizer state created, its batch on device."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+
+
+@dataclass
+class StepTimes:
+    """Step times of one setup, one per round (seconds), and each phase's fastest time."""
+
+    rounds: list[float]
+    phases: dict[str, float]
+
+
+# NOTE [ Step times side by side ]
+# Step times on a shared machine drift with its load. Every setup is therefore prepared first
+# (model, optimizer with its state, one warm-up step), then timed in rounds: each round runs
+# one step of every setup in turn, so that a change of load hits all of them alike. Other work
+# on the machine can only add time to a step, never remove it, so a setup's undisturbed time is
+# best estimated by its fastest round (as timeit advises); ratios of fastest rounds are the
+# headline, and the range of the ratios taken within each round shows how noisy the run was.
+def time_steps(
+    setups: Mapping[str, StepSetup],
+    repeats: int,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    phases: bool = False,
+    on_round: Callable[[], Any] | None = None,
+) -> dict[str, StepTimes]:
+    """Time ``repeats`` rounds of one step per setup, interleaved (NOTE [ Step times side by side ]).
+
+    Args:
+        setups: name -> a warmed-up :class:`StepSetup`.
+        repeats: rounds.
+        clock: ``time.perf_counter`` (wall time) or ``time.process_time`` (CPU time of the process).
+        phases: also time each phase (see :func:`run_step`'s ``phase_times``).
+        on_round: called after each round (a progress bar's update).
+
+    Returns:
+        Name -> :class:`StepTimes`. Gradients are set to None afterwards.
+    """
+    times = {name: StepTimes([], {}) for name in setups}
+    for _ in range(repeats):
+        for name, s in setups.items():
+            split: dict[str, float] | None = {} if phases else None
+            s.optimizer.zero_grad(set_to_none=True)
+            _sync(s.inputs.device)
+            t0 = clock()
+            run_step(s.model, s.optimizer, s.inputs, s.targets, phase_times=split)
+            _sync(s.inputs.device)
+            times[name].rounds.append(clock() - t0)
+            for ph, t in (split or {}).items():
+                times[name].phases[ph] = min(times[name].phases.get(ph, t), t)
+        if on_round is not None:
+            on_round()
+    for s in setups.values():
+        s.optimizer.zero_grad(set_to_none=True)
+    return times
