@@ -144,7 +144,8 @@ def run_step(
                 loss = recipe.loss(output, inputs, targets)
             if recipe.accumulation_steps > 1:
                 loss = loss / recipe.accumulation_steps
-            del output
+        # the output stays referenced through backward (and the next micro-step's forward), as
+        # ``out = model(x)`` in a training loop does: the reports' figures assume it
         set_phase(Phase.BACKWARD.value)
         with marks.phase(Phase.BACKWARD.value):
             loss.backward()
