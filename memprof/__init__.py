@@ -7,11 +7,13 @@ from .api.compare import compare_strategies
 from .api.step import fit_batch_size, profile_step
 from .api.sweep import sweep
 from .api.table import layer_table
+from .api.track import track
 from .models import get_model, get_model_info, list_models
 from .rendering.compare import StrategyComparison
 from .rendering.layer_table import LayerTable
 from .rendering.step import StepProfile
 from .rendering.sweep import SweepResult
+from .rendering.tracked import TrackRecording
 from .reversible import (
     AdditiveCoupling,
     ChannelZeroPad,
@@ -32,6 +34,7 @@ __all__ = [
     "StrategyComparison",
     "StepProfile",
     "SweepResult",
+    "TrackRecording",
     "__version__",
     "compare_strategies",
     "format_bytes",
@@ -44,4 +47,5 @@ __all__ = [
     "profile_step",
     "reversible",
     "sweep",
+    "track",
 ]

@@ -149,7 +149,12 @@ def _measured_peak(record: StepRecord, baseline: int, index: int, phase_rows: di
     return out
 
 
-def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, tuple[int, int]],
+def _span_max(values: np.ndarray, spans: list[tuple[int, int]]) -> int:
+    """The highest value over the spans of one phase (a phase repeats under gradient accumulation)."""
+    return max(int(values[s : e + 1].max()) for s, e in spans)
+
+
+def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, list[tuple[int, int]]],
                         phase_rows: dict[str, Any]) -> _Peak:
     """A CUDA estimate: the storage stream replayed through the caching-allocator model."""
     assert record.cuda_model is not None
@@ -157,8 +162,7 @@ def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, t
     index = int(step_start + np.argmax(allocated[step_start:]))
     out = _Peak(int(allocated[index]), index, int(reserved[step_start:].max()))
     for ph in PHASES:
-        s, e = phases[ph]
-        phase_rows[ph]["peak_bytes"] = int(allocated[s : e + 1].max())
+        phase_rows[ph]["peak_bytes"] = _span_max(allocated, phases[ph])
     out.notes.append("CUDA caching-allocator model; not modelled: " + "; ".join(record.cuda_not_modelled))
     return out
 
@@ -183,8 +187,10 @@ def build_profile(
     tracker = record.tracker
     timeline = tracker.timeline()
     total = timeline.total
-    phases = {p: (s, e) for p, s, e in timeline.phases}
-    step_start = phases[Phase.FORWARD.value][0]
+    phases: dict[str, list[tuple[int, int]]] = {}
+    for p, s, e in timeline.phases:  # forward and backward repeat under gradient accumulation
+        phases.setdefault(p, []).append((s, e))
+    step_start = phases[Phase.FORWARD.value][0][0]
     baseline = int(total[step_start])
     attributed_idx = int(step_start + np.argmax(total[step_start:]))
     attributed_peak = int(total[attributed_idx])
@@ -193,7 +199,7 @@ def build_profile(
     non_state = [c for c in TRACKED_CATEGORIES if c not in STATE_CATEGORIES]
     holders = [{"category": c, "module": o, "bytes": b} for c, o, b in tracker.holders_at(activation_idx, non_state)[:10]]
     phase_rows: dict[str, dict[str, int | None]] = {
-        ph: {"peak_bytes": None, "attributed_peak_bytes": int(total[phases[ph][0] : phases[ph][1] + 1].max())}
+        ph: {"peak_bytes": None, "attributed_peak_bytes": _span_max(total, phases[ph])}
         for ph in PHASES
     }
     if record.allocator is not None:

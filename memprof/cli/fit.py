@@ -11,7 +11,7 @@ FORMATS = ("text", "json")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ._common import model_help
+    from ._common import add_step_options, model_help
 
     p = sub.add_parser(
         "fit",
@@ -22,11 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "workspaces are not modelled: leave headroom for them.",
     )
     p.add_argument("model", help=model_help())
+    add_step_options(p)
     p.add_argument("--memory", required=True,
                    help="the budget: 16GiB, 16GB (decimal), 512MiB or bytes, e.g. 17179869184 (required)")
     p.add_argument("--input-shape", default=None,
                    help="one sample's shape, e.g. 3,32,32 (default: the registered model's)")
-    p.add_argument("--optimizer", default="sgd", help="sgd or adam (default: sgd)")
     p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--format", default="text", help=f"{', '.join(FORMATS)} (default: text)")
@@ -37,12 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from ..api.step import fit_batch_size
     from ..rendering.fit import BatchFit
     from ..validation import check_format, parse_memory
-    from ._common import build_model, resolve_model
+    from ._common import build_model, resolve_model, step_options
 
     fmt = check_format(args.format, FORMATS)
     budget = parse_memory(args.memory)
-    model, name, shape = resolve_model(args.model, args.input_shape)
-    batch, prof = fit_batch_size(build_model(model), budget, shape, optimizer=args.optimizer, dtype=args.dtype,
-                                 device=args.device, name=name)
+    step = step_options(args)
+    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None)
+    batch, prof = fit_batch_size(build_model(model), budget, shape, dtype=args.dtype, device=args.device, name=name,
+                                 **step)
     print(BatchFit(name, budget, args.device, args.dtype, args.optimizer, batch, prof).render(fmt), end="")
     return 0
