@@ -63,6 +63,8 @@ class StepProfileData:
     notes: list[str] = field(default_factory=list)
     timeline: Timeline | None = field(default=None, repr=False)
     allocator_timeline: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    #: the output the loss was taken of and the loss function (NOTE [ Which output the loss is taken of ])
+    loss: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able content (no timeline)."""
@@ -83,6 +85,7 @@ class StepProfileData:
             "modules": self.modules,
             "activation_peak_holders": self.activation_peak_holders,
             "step_time_s": self.step_time_s,
+            "loss": dict(self.loss),
             "notes": list(self.notes),
         }
 
@@ -221,4 +224,5 @@ def build_profile(
         modules=_module_rows(record, total, baseline), step_time_s=record.step_time_s,
         reserved_peak_bytes=peak.reserved, input_shape=input_shape, activation_peak_holders=holders,
         notes=peak.notes, timeline=timeline, allocator_timeline=peak.allocator_timeline,
+        loss=dict(record.loss_choice),
     )

@@ -20,6 +20,7 @@ from ..aggregation.fit import search_batch_size
 from ..aggregation.step import build_profile
 from ..recording.runner import StepSpec, record_step
 from ..recording.user_step import InputSpec, StepRecipe, input_tensors
+from ..rendering.fit import BatchFit
 from ..rendering.step import StepProfile
 from ..validation import (
     BATCH_SIZE_LIMIT,
@@ -29,9 +30,9 @@ from ..validation import (
     check_positive_int,
     parse_dtype,
 )
-from ..vocabulary import Mode
+from ..vocabulary import Mode, dtype_name
 
-__all__ = ["StepArgs", "check_step_args", "fit_batch_size", "profile_step", "run_profile_step"]
+__all__ = ["StepArgs", "check_step_args", "fit_batch", "fit_batch_size", "profile_step", "run_profile_step"]
 
 
 @dataclass(frozen=True)
@@ -202,19 +203,67 @@ def fit_batch_size(
             ``optimizer_settings``, ``autocast``, ``accumulation_steps``).
 
     Returns:
-        ``(batch_size, profile at that size)``; ``(0, None)`` when not even batch 1 fits.
+        ``(batch_size, profile at that size)``; ``(0, None)`` when not even the smallest batch fits.
 
     Raises:
-        UsageError: for a bad argument.
+        UsageError: for a bad argument, or a model that rejects every batch size tried.
+    """
+    found = fit_batch(model, memory, input_shape, optimizer=optimizer, dtype=dtype, device=device, name=name,
+                      max_batch_size=max_batch_size, **step)
+    return found.batch_size, found.profile
+
+
+#: Batch sizes tried, in order, for the smallest one a model accepts (BatchNorm rejects 1).
+_FIRST_BATCHES = (1, 2, 3, 4, 8, 16, 32, 64)
+
+
+def fit_batch(
+    model: nn.Module,
+    memory: int,
+    input_shape: Sequence[int] | None,
+    *,
+    optimizer: Any = "sgd",
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    name: str | None = None,
+    max_batch_size: int = BATCH_SIZE_LIMIT,
+    **step: Any,
+) -> BatchFit:
+    """:func:`fit_batch_size`, returning the :class:`~memprof.rendering.fit.BatchFit` with what the search saw.
+
+    The search starts at the smallest batch size the model accepts (a model with BatchNorm
+    rejects batch 1 in training mode), says so, and says when it stopped at ``max_batch_size``.
+
+    Raises:
+        UsageError: for a bad argument, or a model that rejects every batch size of ``_FIRST_BATCHES``.
     """
     memory = check_positive_int("memory budget (bytes)", memory)
     base = check_step_args(1, input_shape, optimizer, dtype, device, True, **step)
+    max_batch_size = check_positive_int("max batch size", max_batch_size)
     probes: dict[int, StepProfile] = {}
+    label = name or type(model).__name__
 
     def peak(b: int) -> int:
         if b not in probes:
-            probes[b] = run_profile_step(model, replace(base, batch_size=b), name=name)
+            probes[b] = run_profile_step(model, replace(base, batch_size=b), name=label)
         return probes[b].peak_bytes
 
-    batch = search_batch_size(peak, memory, max_batch_size)
-    return batch, probes.get(batch) if batch else None
+    start, rejected, first_error = 0, "", None
+    for b in (b for b in _FIRST_BATCHES if b <= max_batch_size):
+        try:
+            peak(b)
+        except UsageError as exc:
+            if not str(exc).startswith("the model rejects"):
+                raise
+            first_error = first_error or exc
+            rejected = rejected or str(exc).split(": ", 1)[-1]
+            continue
+        start = b
+        break
+    if not start:
+        raise first_error or UsageError(f"no batch size up to {max_batch_size} to try")
+    batch = search_batch_size(peak, memory, max_batch_size, start=start)
+    return BatchFit(label, memory, str(base.device), dtype_name(base.dtype), _optimizer_label(base.optimizer), batch,
+                    probes.get(batch) if batch else None, smallest_batch_size=start,
+                    smallest_peak_bytes=probes[start].peak_bytes, rejected=rejected if start > 1 else "",
+                    max_batch_size=max_batch_size, capped=batch == max_batch_size)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported when a model is loaded, not for --help
+    from torch import nn
 
 from ..validation import UsageError, parse_input_shape
 
@@ -15,17 +16,19 @@ __all__ = ["add_step_options", "build_model", "load_model", "model_help", "resol
 
 
 def model_help() -> str:
-    """The help text of a MODEL argument, listing the registered names."""
-    from ..models import list_models
+    """The help text of a MODEL argument, naming the built-in models (without importing them)."""
+    from ..vocabulary import BUILTIN_MODELS
 
-    return (f"a registered model ({', '.join(list_models())}) or package.module:factory "
-            "(a callable returning an nn.Module; needs --input-shape)")
+    return (f"a registered model ({', '.join(BUILTIN_MODELS)}, or one registered with register_model) or "
+            "package.module:factory (a callable returning an nn.Module; needs --input-shape)")
 
 
 def _call_factory(spec: str, obj: Any) -> Any:
     """Call a user's factory, reporting its failure in one line."""
     try:
         return obj()
+    except SystemExit as exc:  # a factory that exits (argparse inside it, sys.exit): one line, not exit code 3
+        raise UsageError(f"model factory {spec!r} called sys.exit({exc.code!r}) instead of returning a model") from None
     except Exception as exc:  # the user's factory: report it in one line
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise UsageError(f"model factory {spec!r} failed: {type(exc).__name__}: {first}") from exc
@@ -46,6 +49,8 @@ def load_model(spec: str) -> str | nn.Module:
         memprof.validation.UsageError: for an unknown name (listing the registered ones), a
             module or attribute that cannot be imported, or a factory that returns no ``nn.Module``.
     """
+    from torch import nn
+
     from ..models import list_models
 
     if ":" not in spec:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..vocabulary import DTYPES
+from ..vocabulary import DTYPE_NAMES
 
 #: what `memprof fit` prints
 FORMATS = ("text", "json")
+
+
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = ("largest batch size whose estimated training-step peak fits a memory budget")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "fit",
-        help="largest batch size whose estimated training-step peak fits a memory budget",
+        help=HELP,
         description="Exponential then binary search over estimates (FakeTensorMode, nothing "
         "allocated) for the largest batch size whose step peak fits --memory. With --device cuda "
         "the CUDA caching allocator's rounding is applied; the CUDA context and cuDNN/cuBLAS "
@@ -27,23 +31,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the budget: 16GiB, 16GB (decimal), 512MiB or bytes, e.g. 17179869184 (required)")
     p.add_argument("--input-shape", default=None,
                    help="one sample's shape, e.g. 3,32,32 (default: the registered model's)")
-    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
+    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPE_NAMES)} (default: float32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--format", default="text", help=f"{', '.join(FORMATS)} (default: text)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api.step import fit_batch_size
-    from ..rendering.fit import BatchFit
-    from ..validation import check_format, parse_memory
+    from ..validation import UsageError, check_format, parse_memory
+
+    fmt = check_format(args.format, FORMATS)  # checks that need no torch first (NOTE [ Starting without torch ])
+    budget = parse_memory(args.memory)
+    from ..api.step import fit_batch
     from ._common import build_model, resolve_model, step_options
 
-    fmt = check_format(args.format, FORMATS)
-    budget = parse_memory(args.memory)
     step = step_options(args)
     model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None)
-    batch, prof = fit_batch_size(build_model(model), budget, shape, dtype=args.dtype, device=args.device, name=name,
-                                 **step)
-    print(BatchFit(name, budget, args.device, args.dtype, args.optimizer, batch, prof).render(fmt), end="")
+    found = fit_batch(build_model(model), budget, shape, dtype=args.dtype, device=args.device, name=name, **step)
+    if found.profile is None:  # the budget is below the smallest batch: an answer the caller cannot use
+        raise UsageError(found.nothing_fits().split(": ", 1)[1])
+    print(found.render(fmt), end="")
     return 0

@@ -18,11 +18,14 @@ from typing import Any
 FORMATS = ("text", "markdown", "json")
 MODES = ("fast", "fine")
 
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = "run a training script and report the memory of every step (memprof.track())"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
-        help="run a training script and report the memory of every step (memprof.track())",
+        help=HELP,
         description="Run SCRIPT as python would (sys.argv, __main__, its directory on sys.path) under "
         "memprof.track(): a step ends at each optimizer.step(). Prints the table of all steps and the "
         "steady-state (last) step's report after the script ends, and exits with the script's exit "

@@ -20,13 +20,14 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..errors import is_out_of_memory, out_of_memory
 from ..validation import UsageError
 from ..vocabulary import Phase, dtype_name
 from .allocations import (
@@ -42,10 +43,9 @@ from .user_step import (
     StepRecipe,
     call_model,
     default_loss,
-    first_tensor,
     input_tensors,
     make_inputs,
-    output_loss,
+    select_output,
     resize_batch,
     to_device,
 )
@@ -78,7 +78,7 @@ def make_optimizer(name: Any, params: Any, **settings: Any) -> torch.optim.Optim
 
 
 def compute_loss(output: Any, targets: torch.Tensor | None) -> torch.Tensor:
-    """The output's own ``.loss``; cross-entropy for (B, classes) logits with targets; the mean otherwise."""
+    """The loss NOTE [ Which output the loss is taken of ] (in :mod:`.user_step`) chooses."""
     return default_loss(output, targets)
 
 
@@ -185,6 +185,8 @@ class StepRecord:
     cuda_not_modelled: tuple[str, ...] = ()
     #: one sample's shape of the first input (for reports)
     input_shape: tuple[int, ...] = ()
+    #: what the loss was taken of: ``{"output": ..., "function": ...}`` (NOTE [ Which output the loss is taken of ])
+    loss_choice: dict[str, str] = field(default_factory=dict)
 
 
 def measure_step(
@@ -241,16 +243,18 @@ def warm_up(
     """One step that creates the optimizer state; returns the targets it drew.
 
     Raises:
-        UsageError: when the model rejects the inputs, naming their shapes and the model's error.
+        UsageError: when the model rejects the inputs, naming their shapes and the model's error,
+            or when its output leaves the loss ambiguous.
+        memprof.errors.OutOfMemory: when the forward runs out of memory (NOTE [ Out of memory is a result ]).
     """
     recipe = recipe or StepRecipe()
     device = input_tensors(x)[0].device
     try:
         with recipe.autocast_context(device):
             out = call_model(model, x)
-            targets = make_targets(out) if recipe.loss_fn is None else None
-            loss = recipe.loss(out, x, targets)
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+    except (RuntimeError, ValueError, IndexError, TypeError, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, len(input_tensors(x)[0]), device) from None
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(x, torch.Tensor):
             raise UsageError(
@@ -258,6 +262,9 @@ def warm_up(
                 f"{dtype_name(x.dtype)}, {x.device.type}): {msg}"
             ) from None
         raise UsageError(f"the model rejects inputs {_describe(x)} ({device.type}): {msg}") from None
+    with recipe.autocast_context(device):
+        targets = make_targets(out) if recipe.loss_fn is None else None
+        loss = recipe.loss(out, x, targets)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -269,11 +276,11 @@ def targets_for(batch_size: int, device: torch.device, seed: int) -> Callable[[A
     """A function drawing class targets for a model's output (None unless it is (B, classes) logits)."""
 
     def make(out: Any) -> torch.Tensor | None:
-        if output_loss(out) is not None:  # the model computed its own loss
-            return None
         try:
-            out = first_tensor(out)
-        except UsageError:
+            key, out = select_output(out)
+        except UsageError:  # no output to draw targets for: the loss says why (or loss_fn needs none)
+            return None
+        if key == "loss":  # the model computed its own loss
             return None
         if out.dim() != 2:
             return None
@@ -364,17 +371,25 @@ def record_step(
         The :class:`StepRecord` (with the allocator's result when measured).
 
     Raises:
-        UsageError: when the model rejects the inputs.
+        UsageError: when the model rejects the inputs, or its output leaves the loss ambiguous.
+        memprof.errors.OutOfMemory: when a measured step does not fit (NOTE [ Out of memory is a result ]).
     """
     if estimate:
-        return _record_fake_step(model, spec, dtype, device, seed)
-    work = copy.deepcopy(model).to(device=device, dtype=dtype)
-    work.train()
-    x = make_batch(spec, device, dtype, seed)
-    opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
-    targets = warm_up(work, opt, x, targets_for(spec.batch_size, device, seed), spec.recipe)
-    record = measure_step(work, opt, x, targets, allocator=make_allocator_tracker(device), recipe=spec.recipe)
-    record.input_shape = sample_shape(x)
+        record = _record_fake_step(model, spec, dtype, device, seed)
+    else:
+        try:
+            work = copy.deepcopy(model).to(device=device, dtype=dtype)
+            work.train()
+            x = make_batch(spec, device, dtype, seed)
+            opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
+            targets = warm_up(work, opt, x, targets_for(spec.batch_size, device, seed), spec.recipe)
+            record = measure_step(work, opt, x, targets, allocator=make_allocator_tracker(device), recipe=spec.recipe)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise out_of_memory(exc, spec.batch_size, device) from None
+        record.input_shape = sample_shape(x)
+    record.loss_choice = dict(spec.recipe.choice)
     return record
 
 

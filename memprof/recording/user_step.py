@@ -7,8 +7,9 @@ SGD or Adam. These pieces describe any step:
   any dtype, as example tensors or as :class:`InputSpec` (``name:dtype:shape[:range]`` on the
   command line), the batch dimension scaled to the batch size asked for;
 - the loss: ``loss_fn(output, inputs)``, by default the output's own ``.loss`` (attribute or
-  key, as Hugging Face models return it) and otherwise cross-entropy against drawn targets for
-  2-D logits, else the mean of the output;
+  key, as Hugging Face models return it), else cross-entropy against drawn targets for 2-D
+  ``logits`` (or a lone output tensor), else its mean; an ambiguous output is an error
+  (NOTE [ Which output the loss is taken of ]);
 - the optimizer: a name (``sgd``, ``adam``, ``adamw``) with settings, or any
   ``params -> Optimizer`` callable;
 - ``autocast`` (a dtype for ``torch.autocast``) and ``accumulation_steps`` (forward and
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 import torch
@@ -35,7 +36,9 @@ __all__ = [
     "Inputs",
     "StepRecipe",
     "call_model",
+    "HOW_TO_CHOOSE",
     "default_loss",
+    "select_output",
     "make_inputs",
     "make_optimizer",
     "parse_input_spec",
@@ -187,6 +190,19 @@ def call_model(model: nn.Module, inputs: Inputs) -> Any:
     return model(*inputs)
 
 
+# NOTE [ Which output the loss is taken of ]
+# A profile runs a training step, so it needs a loss, and a wrong guess changes what is
+# measured (a loss over a (B, 8192) feature map leaves the classifier head without gradients).
+# Without a ``loss_fn`` the output the loss is taken of is chosen by name, never by position, and
+# always reported: the model's own ``loss`` (an attribute or key, as Hugging Face models return
+# it) is used as is; else its ``logits``; else its only tensor (a tensor is itself; a tuple, list
+# or mapping with one tensor gives that one). Several tensors and no such name is an error that
+# says how to choose: ``loss_fn(output, inputs)`` or the general step profiler, ``memprof.track()``.
+# Cross-entropy with drawn class targets is taken of (B, classes) scores, the mean otherwise.
+HOW_TO_CHOOSE = ("pass loss_fn= to memprof.profile_step (loss_fn(output, inputs) returning the loss), "
+                 "or profile your own training step with memprof.track()")
+
+
 def output_loss(output: Any) -> torch.Tensor | None:
     """The loss a model returned itself: a ``.loss`` attribute or a ``"loss"`` key, else None."""
     loss = getattr(output, "loss", None)
@@ -195,28 +211,53 @@ def output_loss(output: Any) -> torch.Tensor | None:
     return loss if isinstance(loss, torch.Tensor) else None
 
 
-def first_tensor(output: Any) -> torch.Tensor:
-    """The output's first tensor (its logits, for a model returning several things)."""
+def select_output(output: Any) -> tuple[str, torch.Tensor]:
+    """``(name, tensor)`` of the output a loss is taken of (NOTE [ Which output the loss is taken of ]).
+
+    Raises:
+        UsageError: when the output holds several tensors and none is named ``loss`` or ``logits``.
+    """
     if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "to_tuple"):  # transformers ModelOutput
-        output = output.to_tuple()
-    values = output.values() if isinstance(output, Mapping) else output
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            return v
-    raise UsageError(f"the model returned no tensor ({type(output).__name__}); give a loss_fn")
-
-
-def default_loss(output: Any, targets: torch.Tensor | None) -> torch.Tensor:
-    """The output's own ``.loss``; else cross-entropy for (B, classes) logits with targets; else the mean."""
+        return "output", output
     own = output_loss(output)
     if own is not None:
-        return own
-    out = first_tensor(output)
-    if targets is not None and out.dim() == 2:
-        return nn.functional.cross_entropy(out.float() if out.dtype != torch.float32 else out, targets)
-    return out.float().mean()
+        return "loss", own
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return "logits", logits
+    if isinstance(output, Mapping):
+        tensors = {str(k): v for k, v in output.items() if isinstance(v, torch.Tensor)}
+        if "logits" in tensors:
+            return "logits", tensors["logits"]
+        if len(tensors) == 1:
+            return next(iter(tensors.items()))
+        raise UsageError(f"the model returns {len(tensors)} tensors ({', '.join(tensors) or 'none'}) and none is "
+                         f"named loss or logits, so the loss cannot be chosen: {HOW_TO_CHOOSE}")
+    if isinstance(output, (tuple, list)):
+        idx = [i for i, v in enumerate(output) if isinstance(v, torch.Tensor)]
+        if len(idx) == 1:
+            return f"output[{idx[0]}]", output[idx[0]]
+        raise UsageError(f"the model returns a {type(output).__name__} of {len(idx)} tensors, so the loss cannot "
+                         f"be chosen: {HOW_TO_CHOOSE}")
+    raise UsageError(f"the model returns a {type(output).__name__}, not a tensor: {HOW_TO_CHOOSE}")
+
+
+def default_loss(output: Any, targets: torch.Tensor | None,
+                 choice: dict[str, str] | None = None) -> torch.Tensor:
+    """The loss NOTE [ Which output the loss is taken of ] chooses; ``choice`` (if given) is filled
+    with ``{"output": name, "function": "as returned" | "cross_entropy" | "mean"}``."""
+    key, out = select_output(output)
+    if key == "loss":
+        function, loss = "as returned", (out if out.dim() == 0 else out.float().mean())
+    elif targets is not None and out.dim() == 2:
+        function = "cross_entropy"
+        loss = nn.functional.cross_entropy(out.float() if out.dtype != torch.float32 else out, targets)
+    else:
+        function, loss = "mean", out.float().mean()
+    if choice is not None:
+        choice.clear()
+        choice.update(output=key, function=function)
+    return loss
 
 
 def make_optimizer(spec: str | Callable[[Any], torch.optim.Optimizer], params: Any, **settings: Any) -> torch.optim.Optimizer:
@@ -281,6 +322,8 @@ class StepRecipe:
     loss_fn: Callable[[Any, Inputs], torch.Tensor] | None = None
     autocast: torch.dtype | None = None
     accumulation_steps: int = 1
+    #: what the last loss was taken of (NOTE [ Which output the loss is taken of ]), filled by :meth:`loss`
+    choice: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def autocast_context(self, device: torch.device) -> Any:
         """``torch.autocast`` for the device, or a null context."""
@@ -291,5 +334,7 @@ class StepRecipe:
     def loss(self, output: Any, inputs: Inputs, targets: torch.Tensor | None) -> torch.Tensor:
         """The step's loss (before the division for accumulation)."""
         if self.loss_fn is not None:
+            self.choice.clear()
+            self.choice.update(output="the whole output", function="loss_fn")
             return self.loss_fn(output, inputs)
-        return default_loss(output, targets)
+        return default_loss(output, targets, self.choice)
