@@ -145,6 +145,8 @@ class StepRecord:
     step_time_s: float | None
     #: CPU time of this process during the step (all threads): robust to other processes' load
     step_cpu_time_s: float | None = None
+    #: in an estimate, what the target device's kernels add (recording.estimate.DeviceKernels)
+    kernels: Any = None
 
 
 def measure_step(
@@ -153,8 +155,12 @@ def measure_step(
     inputs: torch.Tensor,
     targets: torch.Tensor | None,
     allocator: CpuAllocatorTracker | CudaAllocatorTracker | None = None,
+    kernels: Any = None,
 ) -> StepRecord:
     """Run one step under the storage tracker (and the allocator tracker, if given).
+
+    ``kernels``: in an estimate, the :class:`~memprof.recording.estimate.DeviceKernels` mode
+    already entered below the tracker; it is bound to the tracker's clock.
 
     Every hook is removed on exit, also when the step raises. The loss, the gradients and the
     updated parameters are bit-identical to those of :func:`run_step` (tests check it).
@@ -165,10 +171,12 @@ def measure_step(
     tracker = StorageTracker(model, optimizer, [t for t in (inputs, targets) if t is not None])
     device = inputs.device
     gc.collect()
+    if kernels is not None:
+        kernels.bind(tracker)
     if allocator is None:
         with tracker.track():
             loss = run_step(model, optimizer, inputs, targets, tracker)
-        return StepRecord(loss, tracker, None, None)
+        return StepRecord(loss, tracker, None, None, kernels=kernels)
     if isinstance(allocator, CudaAllocatorTracker):
         tracker.listener = allocator
     with allocator.track():
@@ -393,9 +401,10 @@ def build_profile(
     optimizer: str,
     mode: str,
     simulate_cuda: bool = False,
+    expandable_segments: bool = False,
 ) -> StepProfile:
     """Turn a :class:`StepRecord` into a :class:`StepProfile` (peaks, breakdown, modules)."""
-    from ..recording.estimate import NOT_MODELLED_CUDA, simulate_cuda_allocator
+    from ..recording.cuda_allocator import NOT_MODELLED_CUDA, simulate_cuda_allocator
 
     tracker = record.tracker
     timeline = tracker.timeline()
@@ -439,26 +448,48 @@ def build_profile(
         if device.type == "cuda":
             notes.append("CUDA peaks are max_memory_allocated above the bytes live at the start, plus the resident state")
     elif simulate_cuda:
+        kernels = record.kernels
         lives = [
             (life.start, life.end, life.nbytes) for lives in tracker.lives.values() for life in lives
         ]
-        allocated, reserved = simulate_cuda_allocator(lives, len(total))
+        transient = []
+        if kernels is not None:
+            lives += kernels.persistent_lives()
+            transient = kernels.transient_allocations()
+        allocated, reserved = simulate_cuda_allocator(lives, len(total), transient=transient,
+                                                      expandable_segments=expandable_segments)
         peak_idx = int(step_start + np.argmax(allocated[step_start:]))
         peak = int(allocated[peak_idx])
         reserved_peak = int(reserved[step_start:].max())
         for ph in PHASES:
             s, e = phases[ph]
             phase_rows[ph]["peak_bytes"] = int(allocated[s : e + 1].max())
-        notes.append("CUDA caching-allocator model; not modelled: " + "; ".join(NOT_MODELLED_CUDA))
+        notes.append("CUDA caching-allocator model"
+                     + (" (expandable segments)" if expandable_segments else "")
+                     + "; predictions not yet checked on a GPU; not modelled: " + "; ".join(NOT_MODELLED_CUDA))
+        if kernels is not None:
+            notes += kernels.notes()
     else:
         peak, peak_idx = attributed_peak, attributed_peak_idx
         for ph in PHASES:
             phase_rows[ph]["peak_bytes"] = phase_rows[ph]["attributed_peak_bytes"]
-        if mode == "estimated":
+        kernels = record.kernels
+        if kernels is not None:
+            inside, where = kernels.peak_inside_ops(total, step_start)
+            if inside > peak:
+                peak = inside
+                notes.append(f"the estimated peak falls inside {where.op.replace('.default', '')} "
+                             f"(kernel scratch {format_bytes(where.scratch, 'MiB')}, memprof.recording.workspace)")
+            for ph in PHASES:
+                s, e = phases[ph]
+                phase_rows[ph]["peak_bytes"] = max(phase_rows[ph]["attributed_peak_bytes"] or 0,
+                                                   kernels.peak_inside_ops(total, s, e)[0])
+            notes += kernels.notes()
+        elif mode == "estimated":
             notes.append("estimate of tensor-owned bytes; memory no tensor owns (kernel workspaces) is not included")
 
     at_peak = timeline.at(peak_idx)
-    at_peak[Category.UNATTRIBUTED.value] = peak - sum(at_peak.values())
+    at_peak[Category.UNATTRIBUTED.value] = peak - sum(at_peak.values())  # kernel scratch, rounding
     return StepProfile(
         model=name,
         batch_size=batch_size,
@@ -571,6 +602,7 @@ def profile_step(
     estimate: bool = False,
     name: str | None = None,
     seed: int = 0,
+    expandable_segments: bool = False,
 ) -> StepProfile:
     """Measure (or estimate) the memory of one steady-state training step.
 
@@ -586,6 +618,7 @@ def profile_step(
         estimate: run under FakeTensorMode instead of allocating.
         name: the model name shown (default: the class name).
         seed: seeds the input batch and targets.
+        expandable_segments: a CUDA estimate models ``expandable_segments:True``.
 
     Returns:
         The :class:`StepProfile`.
@@ -600,7 +633,7 @@ def profile_step(
     if estimate:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
-        from ..recording.estimate import make_fake_model
+        from ..recording.estimate import DeviceKernels, make_fake_model
 
         # NOTE [ CUDA estimates without a GPU ]
         # Fake CUDA tensors can be created without a GPU, but the autograd engine needs a CUDA
@@ -614,11 +647,14 @@ def profile_step(
         with mode, _quiet_fake_tensor_log():
             x = torch.empty((batch_size, *shape), dtype=dt, device=trace_dev)
             opt = make_optimizer(optimizer, work.parameters())
-            targets = _warm_up(work, opt, x, _targets_for(batch_size, trace_dev, seed))
-            record = measure_step(work, opt, x, targets)
+            with DeviceKernels(dev.type, trace_dev.type):  # warm-up: the real LSTM workspace, too
+                targets = _warm_up(work, opt, x, _targets_for(batch_size, trace_dev, seed))
+            with DeviceKernels(dev.type, trace_dev.type) as kernels:
+                record = measure_step(work, opt, x, targets, kernels=kernels)
         profile = build_profile(
             record, name=name, batch_size=batch_size, input_shape=shape, device=dev, dtype=dt,
             optimizer=optimizer, mode="estimated", simulate_cuda=dev.type == "cuda",
+            expandable_segments=expandable_segments,
         )
         if trace_dev != dev:
             profile.notes.append("no GPU here: the step was traced with CPU kernels (NOTE [ CUDA estimates without a GPU ])")
