@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,6 +80,34 @@ PANEL: tuple[PanelModel, ...] = (
     PanelModel("convnext_tiny", _torchvision("convnext_tiny"), (3, 64, 64)),
     PanelModel("vit-small-64", _small_vit, (3, 64, 64)),
 )
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """One model at one batch size: the measured CPU step beside the estimate."""
+
+    model: str
+    batch_size: int
+    measured: Any  # StepProfile
+    estimated: Any  # StepProfile
+
+    @property
+    def error(self) -> float:
+        """(estimated - measured) / measured allocator peak."""
+        return self.estimated.peak_bytes / self.measured.peak_bytes - 1
+
+
+def measure_and_estimate(pm: PanelModel, batch_size: int, seed: int = 0) -> Accuracy:
+    """Measure one CPU training step of ``pm`` (one thread) and estimate it (nothing allocated)."""
+    from memprof.aggregation.step import profile_step
+    from memprof.recording.threads import one_thread
+
+    torch.manual_seed(seed)
+    model = pm.build()
+    with one_thread():
+        measured = profile_step(model, batch_size, pm.input_shape, name=pm.name)
+        estimated = profile_step(model, batch_size, pm.input_shape, name=pm.name, estimate=True)
+    return Accuracy(pm.name, batch_size, measured, estimated)
 
 
 def panel_model(name: str) -> PanelModel:

@@ -272,11 +272,13 @@ class OpScratch:
         args: the op's arguments with every tensor replaced by ``(shape, dtype)``.
         scratch_bytes: allocator peak inside the op minus the larger of the live bytes before
             and after it: memory no tensor the op returns owns (kernel workspace, reorders).
+        predicted_bytes: what ``predict`` said for this call (None without a prediction).
     """
 
     op: str
     args: tuple
     scratch_bytes: int
+    predicted_bytes: int | None = None
 
 
 _OP_PREFIX = "memprof_op#"
@@ -290,25 +292,37 @@ def _describe(obj: object) -> object:
     return obj
 
 
-def measure_op_scratch(body: Callable[[], object]) -> list[OpScratch]:
+def measure_op_scratch(
+    body: Callable[[], object], predict: Callable[[object, tuple, dict, object], int | None] | None = None
+) -> list[OpScratch]:
     """Run ``body`` for real on the CPU and measure every ATen op's scratch at the allocator.
 
     Every op that a ``TorchDispatchMode`` sees (the granularity of the storage tracker and of
     an estimate) runs inside a profiler range of its own; the profiler's memory events give the
     allocator's live bytes over time, hence each op's peak. Ops with no scratch are left out.
 
+    Args:
+        body: the code to run (e.g. a training step).
+        predict: ``f(func, args, kwargs, out)`` giving a predicted scratch per call (or None),
+            kept beside the measurement (calls with a prediction are kept even without scratch).
+
     Returns:
-        One :class:`OpScratch` per op call that held scratch, in call order.
+        One :class:`OpScratch` per op call that held scratch or has a prediction, in call order.
     """
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    calls: list[tuple[str, tuple]] = []
+    calls: list[tuple[str, tuple, int | None]] = []
 
     class _Ranges(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            calls.append((str(func), _describe(args)))  # type: ignore[arg-type]
-            with torch.profiler.record_function(f"{_OP_PREFIX}{len(calls) - 1}"):
-                return func(*args, **(kwargs or {}))
+            kwargs = kwargs or {}
+            index = len(calls)
+            calls.append((str(func), _describe(args), None))  # type: ignore[arg-type]
+            with torch.profiler.record_function(f"{_OP_PREFIX}{index}"):
+                out = func(*args, **kwargs)
+            if predict is not None:
+                calls[index] = (calls[index][0], calls[index][1], predict(func, args, kwargs, out))
+            return out
 
     prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
     with prof, _Ranges():
@@ -331,6 +345,7 @@ def measure_op_scratch(body: Callable[[], object]) -> list[OpScratch]:
             continue
         before = int(live[i0 - 1]) if i0 > 0 else 0
         scratch = int(live[i0:i1].max()) - max(before, int(live[i1 - 1]))
-        if scratch > 0:
-            out.append(OpScratch(calls[i][0], calls[i][1], scratch))
+        op, described, predicted = calls[i]
+        if scratch > 0 or predicted is not None:
+            out.append(OpScratch(op, described, max(scratch, 0), predicted))
     return out
