@@ -116,3 +116,25 @@ def test_issue_panel_within_bounds():
     errors = [measure_and_estimate(pm, b).error for pm in PANEL for b in pm.batch_sizes]
     assert statistics.median(abs(e) for e in errors) <= 0.01
     assert max(abs(e) for e in errors) <= 0.03
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg19", "lstm-lm"])
+def test_fit_holds_at_512_mib(name):
+    """Item 4: at fit's answer the measured allocator peak is within the budget, 1% more is above."""
+    import math
+
+    from benchmarks.estimate_panel import panel_model
+    from memprof.aggregation.step import fit_batch_size, fitted_figure, profile_step
+    from memprof.recording.threads import one_thread
+
+    budget = 512 << 20
+    pm = panel_model(name)
+    torch.manual_seed(0)
+    model = pm.build()
+    batch, prof = fit_batch_size(model, budget, pm.input_shape, name=name)
+    assert fitted_figure(prof) == ("estimated allocator peak", prof.peak_bytes) and prof.peak_bytes <= budget
+    with one_thread():
+        at = profile_step(model, batch, pm.input_shape, name=name)
+        above = profile_step(model, math.ceil(1.01 * batch), pm.input_shape, name=name)
+    assert at.peak_bytes <= budget < above.peak_bytes, (batch, at.peak_bytes, above.peak_bytes)

@@ -21,6 +21,7 @@ from memprof.aggregation.step import (
     run_step,
 )
 from memprof.cli import main
+from memprof.errors import UsageError
 from memprof.recording.allocations import CpuAllocatorTracker
 from memprof.recording.attribution import Category, StorageTracker, activation_bytes
 from memprof.recording.threads import one_thread
@@ -201,7 +202,8 @@ def test_fit_finds_the_boundary():
     batch, prof = fit_batch_size(model, budget, (3, 8, 8))
     assert batch >= 37 and prof.peak_bytes <= budget
     assert profile_step(model, batch + 1, (3, 8, 8), estimate=True).peak_bytes > budget
-    assert fit_batch_size(model, 1000, (3, 8, 8)) == (0, None)
+    with pytest.raises(UsageError, match="even batch 1 needs"):
+        fit_batch_size(model, 1000, (3, 8, 8))
 
 
 def test_cli_profile_json_keys(capsys):

@@ -42,6 +42,7 @@ __all__ = [
     "OPTIMIZERS",
     "StepProfile",
     "fit_batch_size",
+    "fitted_figure",
     "make_optimizer",
     "measure_step",
     "profile_step",
@@ -672,6 +673,13 @@ def profile_step(
     )
 
 
+def fitted_figure(profile: StepProfile) -> tuple[str, int]:
+    """``(name, bytes)`` of the figure :func:`fit_batch_size` holds to the budget."""
+    if profile.device.startswith("cuda") and profile.reserved_peak_bytes is not None:
+        return "predicted max_memory_reserved", profile.reserved_peak_bytes
+    return "estimated allocator peak", profile.peak_bytes
+
+
 def fit_batch_size(
     model: nn.Module,
     memory: int,
@@ -682,8 +690,13 @@ def fit_batch_size(
     device: str | torch.device = "cpu",
     name: str | None = None,
     max_batch_size: int = 1 << 24,
-) -> tuple[int, StepProfile | None]:
+    expandable_segments: bool = False,
+) -> tuple[int, StepProfile]:
     """The largest batch size whose estimated step peak fits ``memory`` bytes.
+
+    The figure fitted (:func:`fitted_figure`): on the CPU the estimated allocator peak (tensors
+    plus kernel scratch, memprof.recording.workspace); on CUDA the predicted
+    ``max_memory_reserved``, which is what the device must hold (reserved >= allocated).
 
     Every probe is an estimate (FakeTensorMode: no memory). The step's peak is a maximum of
     functions affine in the batch size, so it is convex and piecewise linear: the line through
@@ -701,12 +714,14 @@ def fit_batch_size(
         device: ``"cuda"`` applies the caching allocator model.
         name: the model name shown.
         max_batch_size: never probe above this.
+        expandable_segments: on CUDA, model ``expandable_segments:True``.
 
     Returns:
-        ``(batch_size, profile at that size)``; ``(0, None)`` when not even batch 1 fits.
+        ``(batch_size, profile at that size)``.
 
     Raises:
-        UsageError: for a bad argument.
+        UsageError: for a bad argument, or a budget below what batch 1 needs ("even batch 1
+            needs ...").
     """
     memory = check_positive_int("memory budget (bytes)", memory)
     probes: dict[int, StepProfile] = {}
@@ -714,11 +729,13 @@ def fit_batch_size(
     def peak(b: int) -> int:
         if b not in probes:
             probes[b] = profile_step(model, b, input_shape, optimizer=optimizer, dtype=dtype, device=device,
-                                     estimate=True, name=name)
-        return probes[b].peak_bytes
+                                     estimate=True, name=name, expandable_segments=expandable_segments)
+        return fitted_figure(probes[b])[1]
 
     if peak(1) > memory:
-        return 0, None
+        what, need = fitted_figure(probes[1])
+        raise UsageError(f"even batch 1 needs {format_bytes(need, 'MiB')} ({what}), more than the budget "
+                         f"{format_bytes(memory, 'MiB')} ({memory} bytes)")
     lo, hi = 1, None
     prev = None
     while hi is None and lo < max_batch_size:
