@@ -111,8 +111,10 @@ class DeviceKernels(TorchDispatchMode):
         if rules is None:
             name = str(func)
             out_rule = find_output_rule(name, self.device_type) if self.trace_device_type == self.device_type else None
-            rules = self._rules[func] = (out_rule, find_scratch_rule(name, self.device_type),
-                                         name in NOT_MODELLED.get(self.device_type, ()))
+            unmodelled = name in NOT_MODELLED.get(self.device_type, ())
+            if self.trace_device_type != self.device_type:
+                unmodelled |= name in NOT_MODELLED.get(f"{self.device_type} traced on {self.trace_device_type}", ())
+            rules = self._rules[func] = (out_rule, find_scratch_rule(name, self.device_type), unmodelled)
         out_rule, scratch_rule, unmodelled = rules
         clock = self._clock() if self._clock is not None else 0
         out = func(*args, **kwargs)
