@@ -35,7 +35,7 @@ from torch import nn
 
 from memprof.reversible import AdditiveCoupling, ReversibleSequence
 from memprof.train import measure_reconstruction_error
-from memprof.train.loop import autocast_context
+from memprof.train.measurements import autocast_context
 
 
 def make_branch(c: int) -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""Memory no tensor owns inside a CPU convolution backward (the "unattributed" gap of issue 4).
+"""Memory no tensor owns inside a CPU convolution backward (a step profile's "unattributed" gap).
 
 For a few convolution shapes of VGG-19 / Rev-VGG at a given batch size it runs one
 ``aten::convolution_backward`` under the profiler's memory events and prints, side by side:

@@ -69,7 +69,7 @@ def _fresh_device() -> None:
 
 def real_step_peaks(name: str, batch: int) -> tuple[int, int]:
     """(max_memory_allocated, max_memory_reserved) of one real steady-state step of a fresh model."""
-    from memprof.aggregation.step import _targets_for, _warm_up, make_optimizer, run_step
+    from memprof.recording.runner import make_optimizer, run_step, targets_for, warm_up
 
     pm = panel_model(name)
     _fresh_device()
@@ -78,7 +78,7 @@ def real_step_peaks(name: str, batch: int) -> tuple[int, int]:
     model = pm.build().to(dev).train()
     x = torch.randn(batch, *pm.input_shape, device=dev)
     opt = make_optimizer("sgd", model.parameters())
-    targets = _warm_up(model, opt, x, _targets_for(batch, dev, 0))
+    targets = warm_up(model, opt, x, targets_for(batch, dev, 0))
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     run_step(model, opt, x, targets)
@@ -118,7 +118,8 @@ def real_max_batch(name: str, start: int) -> int:
 
 
 def main() -> int:
-    from memprof.aggregation.step import fit_batch_size, fitted_figure, profile_step
+    from memprof.aggregation.fit import fitted_figure
+    from memprof.api.step import fit_batch_size, profile_step
     from memprof.units import parse_bytes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -99,7 +99,7 @@ class Accuracy:
 
 def measure_and_estimate(pm: PanelModel, batch_size: int, seed: int = 0) -> Accuracy:
     """Measure one CPU training step of ``pm`` (one thread) and estimate it (nothing allocated)."""
-    from memprof.aggregation.step import profile_step
+    from memprof.api.step import profile_step
     from memprof.recording.threads import one_thread
 
     torch.manual_seed(seed)

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from memprof.aggregation.step import _targets_for, _warm_up, make_optimizer, measure_step, run_step
+from memprof.recording.runner import make_optimizer, measure_step, run_step, targets_for, warm_up
 from memprof.models import get_model, get_model_info
 from memprof.recording.allocations import CpuAllocatorTracker
 
@@ -35,7 +35,7 @@ def measure_model(name: str, batch_size: int, repeats: int) -> tuple[float, floa
     model = get_model(name).train()
     x = torch.randn(batch_size, *get_model_info(name).input_shape)
     opt = make_optimizer("sgd", model.parameters())
-    targets = _warm_up(model, opt, x, _targets_for(batch_size, torch.device("cpu"), 0))
+    targets = warm_up(model, opt, x, targets_for(batch_size, torch.device("cpu"), 0))
     # one instrumented step untimed: the profiler's first start costs seconds, once per process
     measure_step(model, opt, x, targets, allocator=CpuAllocatorTracker())
     opt.zero_grad(set_to_none=True)

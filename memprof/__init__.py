@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from . import reversible  # noqa: E402
-from .aggregation import LayerTable, layer_table  # noqa: E402
-from .aggregation.compare import StrategyComparison, compare_strategies  # noqa: E402
-from .aggregation.step import StepProfile, fit_batch_size, profile_step  # noqa: E402
-from .aggregation.sweep import SweepResult, sweep  # noqa: E402
-from .models import get_model, get_model_info, list_models  # noqa: E402
-from .reversible import (  # noqa: E402
+from . import reversible
+from .api.compare import compare_strategies
+from .api.step import fit_batch_size, profile_step
+from .api.sweep import sweep
+from .api.table import layer_table
+from .models import get_model, get_model_info, list_models
+from .rendering.compare import StrategyComparison
+from .rendering.layer_table import LayerTable
+from .rendering.step import StepProfile
+from .rendering.sweep import SweepResult
+from .reversible import (
     AdditiveCoupling,
     ChannelZeroPad,
     Invertible1x1Conv,
     InvertibleDownsample,
     ReversibleSequence,
 )
-from .units import format_bytes, parse_bytes  # noqa: E402
+from .units import format_bytes, parse_bytes
+from .version import __version__
 
 __all__ = [
     "AdditiveCoupling",

@@ -3,7 +3,7 @@
 ``../shared/seed/reversible-nets-slides.md`` ("Reversible Nets", EECE 7398) tabulates VGG-19
 ("VGG-19 Details") and Rev-VGG ("Rev-VGG Details") layer by layer. The rows below are the
 deck's rows exactly as published, slips included; memprof compares its own tables against
-them (:mod:`memprof.aggregation.table`) and names the cause of every difference.
+them (:mod:`memprof.aggregation.seed_comparison`) and names the cause of every difference.
 
 # NOTE [ Reading the deck's tables ]
 # The slide text runs some cells together: in the VGG-19 table the first conv reads

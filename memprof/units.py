@@ -1,23 +1,18 @@
-"""Units, decided once: bytes internally, MiB/GiB (2**20, 2**30) on display, labelled as such."""
+"""Units, decided once: bytes internally, MiB/GiB (2**20, 2**30) on display, labelled as such; counts with separators."""
 
 from __future__ import annotations
 
+import math
 import re
+from typing import Any
 
 import torch
 
-__all__ = ["KiB", "MiB", "GiB", "format_bytes", "parse_bytes", "to_mib", "dtype_size", "parse_dtype", "DTYPES"]
+__all__ = ["KiB", "MiB", "GiB", "dtype_size", "format_bytes", "format_count", "is_blank", "parse_bytes", "to_mib"]
 
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
-
-#: dtype names accepted on the command line and in the API.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
 
 _UNITS = {
     "": 1, "b": 1,
@@ -85,22 +80,22 @@ def parse_bytes(text: str | int) -> int:
     return nbytes
 
 
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """Map a dtype name (``float32``, ``bfloat16``, ``float16``) to ``torch.dtype``.
-
-    Raises:
-        ValueError: for a name outside :data:`DTYPES`, listing the allowed ones.
-    """
-    if isinstance(name, torch.dtype):
-        if name not in DTYPES.values():
-            raise ValueError(f"unsupported dtype {name}; allowed: {', '.join(DTYPES)}")
-        return name
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}") from None
-
-
 def dtype_size(dtype: torch.dtype) -> int:
     """Bytes per element of ``dtype``."""
     return torch.empty((), dtype=dtype, device="meta").element_size()
+
+
+def format_count(value: Any) -> str:
+    """An integer with thousands separators (``20,565,834``); blanks for None/NaN."""
+    if is_blank(value):
+        return ""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.2f}"
+    return f"{int(value):,}"
+
+
+def is_blank(value: Any) -> bool:
+    """None, NaN or pandas' NA: a cell shown empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return type(value).__name__ in ("NAType", "NaTType")  # pandas.NA in nullable columns

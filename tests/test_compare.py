@@ -16,15 +16,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from memprof.aggregation.compare import (  # noqa: E402
-    REPORT_BATCH_SIZE,
-    STRATEGIES,
-    StrategyComparison,
+from memprof.aggregation.compare import STRATEGIES, default_strategies, list_strategies  # noqa: E402
+from memprof.api.compare import (  # noqa: E402
     build_strategy,
     check_compare_args,
     compare_strategies,
-    default_strategies,
-    list_strategies,
     time_strategies,
 )
 from memprof.cli import main  # noqa: E402
@@ -37,6 +33,8 @@ from memprof.models.strategies import (  # noqa: E402
     flatten_layers,
     group_units,
 )
+from memprof.rendering.compare import StrategyComparison  # noqa: E402
+from memprof.reports.compare import REPORT_BATCH_SIZE  # noqa: E402
 from memprof.units import format_bytes  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
@@ -152,7 +150,7 @@ def test_findings_say_where_checkpointing_wins():
     res = StrategyComparison(
         [row("plain", 100, 50 * mib, 90 * mib, 1.0), row("checkpoint-sqrt", 100, 20 * mib, 60 * mib, 1.3),
          row("reversible", 120, 10 * mib, 70 * mib, 1.8)],
-        batch_size=8, mode="estimate", device="cpu", dtype="float32", optimizer="sgd", repeats=3)
+        batch_size=8, mode="estimated", device="cpu", dtype="float32", optimizer="sgd", repeats=3)
     f = res.findings()
     assert ("checkpoint-sqrt beats reversible on step peak (60.00 MiB vs 70.00 MiB), step time (1.30x plain vs "
             "1.80x plain), parameters (100 vs 120).") in f
@@ -177,7 +175,7 @@ def test_time_strategies_interleaves_rounds():
 def test_cli_compare_end_to_end(tmp_path, capsys, monkeypatch):
     # real memory estimates; step times stubbed (VGG-19 steps are slow on 2 cores; the timing
     # mechanics are tested above and for real by the notebook test)
-    from memprof.aggregation import compare as compare_mod
+    from memprof.api import compare as compare_mod
 
     monkeypatch.setattr(compare_mod, "time_strategies",
                         lambda models, *a, **k: {n: [0.2 * (i + 1)] * 3 for i, n in enumerate(models)})
@@ -223,7 +221,7 @@ def test_cli_compare_bad_input(tmp_path, capsys, argv, message):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_offload_on_cuda_saves_device_memory():
-    res = compare_strategies("offload", batch_size=64, mode="measure", device="cuda", repeats=1)
+    res = compare_strategies("offload", batch_size=64, mode="measured", device="cuda", repeats=1)
     rows = {r["strategy"]: r for r in res.rows}
     assert rows["offload"]["activation_peak_bytes"] < 0.5 * rows["plain"]["activation_peak_bytes"]
     assert rows["offload"]["peak_bytes"] < rows["plain"]["peak_bytes"]

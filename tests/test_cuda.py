@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memprof.aggregation.step import profile_step
+from memprof.api.step import profile_step
 
 pytestmark = [
     pytest.mark.cuda,

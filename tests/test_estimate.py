@@ -7,9 +7,8 @@ import functools
 import pytest
 import torch
 
-from memprof.aggregation.step import _targets_for, _warm_up, make_optimizer, profile_step, run_step
+from memprof.api.step import profile_step
 from memprof.models import get_model, get_model_info, list_models
-from memprof.recording.threads import one_thread
 from memprof.recording.cuda_allocator import (
     CudaCachingAllocatorModel,
     CudaOutOfMemory,
@@ -17,6 +16,8 @@ from memprof.recording.cuda_allocator import (
     simulate_cuda_allocator,
 )
 from memprof.recording.workspace import cublas_workspace_bytes
+from memprof.recording.runner import make_optimizer, run_step, targets_for, warm_up
+from memprof.recording.threads import one_thread
 
 MiB = 1 << 20
 BATCH = 2
@@ -65,7 +66,7 @@ def test_memtracker_agrees_on_vgg19():
     model = get_model("vgg19").train()
     x = torch.randn(BATCH, *get_model_info("vgg19").input_shape)
     opt = make_optimizer("sgd", model.parameters())
-    targets = _warm_up(model, opt, x, _targets_for(BATCH, torch.device("cpu"), 0))
+    targets = warm_up(model, opt, x, targets_for(BATCH, torch.device("cpu"), 0))
     tracker = MemTracker()
     tracker.track_external(model, opt, x, targets)
     with one_thread(), tracker:
@@ -201,7 +202,7 @@ def test_memory_report_is_not_stale():
     import json
     from pathlib import Path
 
-    from memprof.aggregation.memory_report import BATCH_SIZE, MODELS, deterministic_figures
+    from memprof.reports.memory import BATCH_SIZE, MODELS, deterministic_figures
 
     path = Path(__file__).resolve().parent.parent / "reports" / "memory.json"
     if not path.exists():

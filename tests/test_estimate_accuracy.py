@@ -125,7 +125,8 @@ def test_fit_holds_at_512_mib(name):
     import math
 
     from benchmarks.estimate_panel import panel_model
-    from memprof.aggregation.step import fit_batch_size, fitted_figure, profile_step
+    from memprof.aggregation.fit import fitted_figure
+    from memprof.api.step import fit_batch_size, profile_step
     from memprof.recording.threads import one_thread
 
     budget = 512 << 20

@@ -11,21 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from memprof.aggregation.step import (
-    _targets_for,
-    _warm_up,
-    fit_batch_size,
-    make_optimizer,
-    measure_step,
-    profile_step,
-    run_step,
-)
+from memprof.api.step import fit_batch_size, profile_step
 from memprof.cli import main
 from memprof.errors import UsageError
 from memprof.recording.allocations import CpuAllocatorTracker
-from memprof.recording.attribution import Category, StorageTracker, activation_bytes
+from memprof.recording.attribution import StorageTracker
+from memprof.recording.runner import make_optimizer, measure_step, run_step, targets_for, warm_up
 from memprof.recording.threads import one_thread
+from memprof.recording.timeline import activation_bytes
 from memprof.reversible import AdditiveCoupling, ReversibleSequence
+from memprof.vocabulary import Category
 
 MiB = 1 << 20
 
@@ -68,7 +63,7 @@ def _setup(factory, batch=4, optimizer="sgd"):
     model = factory().train()
     x = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     opt = make_optimizer(optimizer, model.parameters())
-    targets = _warm_up(model, opt, x, _targets_for(batch, torch.device("cpu"), 0))
+    targets = warm_up(model, opt, x, targets_for(batch, torch.device("cpu"), 0))
     return model, opt, x, targets
 
 
@@ -107,7 +102,7 @@ def test_profiling_does_not_change_allocator_peak(factory, size):
     model = factory().train()
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     opt = make_optimizer("sgd", model.parameters())
-    t = _warm_up(model, opt, x, _targets_for(2, torch.device("cpu"), 0))
+    t = warm_up(model, opt, x, targets_for(2, torch.device("cpu"), 0))
     opt.zero_grad(set_to_none=True)
     alone = CpuAllocatorTracker()
     with alone.track():

@@ -13,24 +13,20 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from memprof.aggregation import sweep as sweep_mod  # noqa: E402
-from memprof.aggregation.sweep import (  # noqa: E402
+from memprof.aggregation.sweep import FIGURES, STATUS_OK, STATUS_OOM, STATUS_SKIPPED  # noqa: E402
+from memprof.api import sweep as sweep_mod  # noqa: E402
+from memprof.api.sweep import (  # noqa: E402
     DEFAULT_BATCH_SIZES,
     DEFAULT_MODELS,
-    FIGURES,
-    STATUS_OK,
-    STATUS_OOM,
-    STATUS_SKIPPED,
-    SweepResult,
-    check_output_dir,
     check_sweep_args,
     is_out_of_memory,
-    parse_batch_sizes,
     sweep,
 )
-from memprof.aggregation.table import layer_table  # noqa: E402
+from memprof.api.table import layer_table  # noqa: E402
 from memprof.cli import main  # noqa: E402
 from memprof.errors import UsageError  # noqa: E402
+from memprof.rendering.sweep import SweepResult  # noqa: E402
+from memprof.validation import check_output_dir, parse_batch_sizes  # noqa: E402
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
@@ -178,7 +174,7 @@ def test_out_of_memory_becomes_a_row_and_the_sweep_goes_on(monkeypatch):
         return {f: 1000 * b for f in FIGURES}
 
     monkeypatch.setattr(sweep_mod, "_measure_row", fake_row)
-    res = sweep("vgg19,revvgg", "2,4,8", mode="measure", progress=False)
+    res = sweep("vgg19,revvgg", "2,4,8", mode="measured", progress=False)
     df = res.to_dataframe()
     assert list(df["status"]) == [STATUS_OK, STATUS_OOM, STATUS_SKIPPED, STATUS_OK, STATUS_OK, STATUS_OK]
     assert calls == [("vgg19", 2), ("vgg19", 4), ("revvgg", 2), ("revvgg", 4), ("revvgg", 8)]
@@ -189,7 +185,7 @@ def test_out_of_memory_becomes_a_row_and_the_sweep_goes_on(monkeypatch):
     # in estimate mode (or for another error) nothing is swallowed
     monkeypatch.setattr(sweep_mod, "_measure_row", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
     with pytest.raises(RuntimeError):
-        sweep("vgg19", "1", mode="estimate", progress=False)
+        sweep("vgg19", "1", mode="estimated", progress=False)
 
 
 # -- CLI -----------------------------------------------------------------------------------------------
@@ -258,7 +254,7 @@ def test_report_sweep_csv_is_current(small):
 
 
 def test_reports_readme_links_every_report():
-    from memprof.rendering.index import REPORT_DESCRIPTIONS, render_reports_index
+    from memprof.reports.index import REPORT_DESCRIPTIONS, render_reports_index
 
     readme = REPORTS / "README.md"
     assert readme.exists(), "reports/README.md is missing: run `memprof report readme`"

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import memprof
-from memprof.aggregation.table import write_table_reports
 from memprof.cli import main
 from memprof.errors import UsageError
 from memprof.models import get_model, list_models
+from memprof.reports.tables import write_table_reports
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tests.test_table:tiny_net"

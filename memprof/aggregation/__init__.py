@@ -1,7 +1,11 @@
-"""Aggregation: records -> tables and totals (per-layer tables, seed comparisons)."""
+"""Aggregation: records in, plain dataclasses out.
+
+Per-layer tables and their totals (:mod:`~memprof.aggregation.layer_table`), the comparison with
+the deck's tables (:mod:`~memprof.aggregation.seed_comparison`), one step's peaks and breakdown
+(:mod:`~memprof.aggregation.step`), the batch-size search (:mod:`~memprof.aggregation.fit`),
+sweeps (:mod:`~memprof.aggregation.sweep`) and the strategy comparison
+(:mod:`~memprof.aggregation.compare`). Nothing here runs a model, installs a hook, formats for
+display or writes a file: it reads what :mod:`memprof.recording` returned.
+"""
 
 from __future__ import annotations
-
-from .table import LayerTable, SeedComparison, SeedDifference, TableRow, Totals, build_layer_table, layer_table
-
-__all__ = ["LayerTable", "SeedComparison", "SeedDifference", "TableRow", "Totals", "build_layer_table", "layer_table"]

@@ -2,7 +2,7 @@
 
 Every verb lives in its own module with ``add_parser(subparsers)``; the parser it adds sets
 ``func(args) -> int``. Errors raised by the library for bad input (ValueError, TypeError and
-:class:`memprof.errors.UsageError`) become one line on stderr and exit code 2, never a traceback.
+:class:`memprof.validation.UsageError`) become one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import UsageError
+from ..validation import UsageError
+from ..version import __version__
 
 __all__ = ["main", "VERBS"]
 
@@ -36,24 +37,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser, with every verb whose module is present."""
+    """The full parser, with every verb of :data:`VERBS`."""
     parser = _Parser(
         prog="memprof",
         description="Where the memory of a PyTorch training step goes, layer by layer.",
     )
-    from .. import __version__
-
     parser.add_argument("--version", action="version", version=f"memprof {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     sub.required = True
-    for verb, module_name in VERBS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # verb not built yet
-        module.add_parser(sub)
+    for module_name in VERBS.values():
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 

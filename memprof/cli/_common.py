@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UsageError
+from ..validation import UsageError, parse_input_shape
 
-__all__ = ["load_model", "model_help", "write_output"]
+__all__ = ["build_model", "load_model", "model_help", "resolve_model", "write_output"]
 
 
 def model_help() -> str:
@@ -20,6 +20,15 @@ def model_help() -> str:
 
     return (f"a registered model ({', '.join(list_models())}) or package.module:factory "
             "(a callable returning an nn.Module; needs --input-shape)")
+
+
+def _call_factory(spec: str, obj: Any) -> Any:
+    """Call a user's factory, reporting its failure in one line."""
+    try:
+        return obj()
+    except Exception as exc:  # the user's factory: report it in one line
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UsageError(f"model factory {spec!r} failed: {type(exc).__name__}: {first}") from exc
 
 
 def load_model(spec: str) -> str | nn.Module:
@@ -34,8 +43,8 @@ def load_model(spec: str) -> str | nn.Module:
         The name (registered models are built by the library) or the built module.
 
     Raises:
-        memprof.errors.UsageError: for an unknown name (listing the registered ones), a module
-            or attribute that cannot be imported, or a factory that returns no ``nn.Module``.
+        memprof.validation.UsageError: for an unknown name (listing the registered ones), a
+            module or attribute that cannot be imported, or a factory that returns no ``nn.Module``.
     """
     from ..models import list_models
 
@@ -55,17 +64,32 @@ def load_model(spec: str) -> str | nn.Module:
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"cannot load model {spec!r}: {exc}") from None
-    if callable(obj) and not isinstance(obj, nn.Module):
-        try:
-            model = obj()
-        except Exception as exc:  # the user's factory: report it in one line
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise UsageError(f"model factory {spec!r} failed: {type(exc).__name__}: {first}") from exc
-    else:
-        model = obj
+    model = _call_factory(spec, obj) if callable(obj) and not isinstance(obj, nn.Module) else obj
     if not isinstance(model, nn.Module):
         raise UsageError(f"model {spec!r} gave a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def resolve_model(spec: str, input_shape: str | None) -> tuple[str | nn.Module, str, tuple[int, ...] | None]:
+    """(model or registered name, display name, input shape or None) for a name or a factory spec.
+
+    A registered model is returned by name and built only by :func:`build_model`, after the
+    arguments have been checked.
+    """
+    from ..models import get_model_info
+
+    model = load_model(spec)
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    if isinstance(model, str):
+        return model, model, shape or tuple(get_model_info(model).input_shape)
+    return model, spec, shape
+
+
+def build_model(model: str | nn.Module) -> nn.Module:
+    """The module for a registered name (or the module itself)."""
+    from ..models import get_model
+
+    return get_model(model) if isinstance(model, str) else model
 
 
 def write_output(text: str, out: str | None) -> None:
@@ -73,7 +97,8 @@ def write_output(text: str, out: str | None) -> None:
     if out is None:
         sys.stdout.write(text)
         return
-    from ..reporting import atomic_write_text
+    from ..reports.files import atomic_write_text
 
     path = atomic_write_text(out, text)
     print(f"wrote {path}", file=sys.stderr)
+

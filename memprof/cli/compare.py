@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..units import DTYPES
+from ..vocabulary import DTYPES, FORMATS, Mode
 
-FORMATS = ("text", "markdown", "csv", "json")
+#: the flag that selects each mode
+_FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "reference (default: all that run here; offload needs --measure on cuda)")
     p.add_argument("--batch-size", default="32", help="samples per step (default: 32)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--estimate", dest="mode", action="store_const", const="estimate",
+    group.add_argument("--estimate", dest="mode", action="store_const", const=Mode.ESTIMATED.value,
                        help="estimate memory under FakeTensorMode (the default)")
-    group.add_argument("--measure", dest="mode", action="store_const", const="measure",
+    group.add_argument("--measure", dest="mode", action="store_const", const=Mode.MEASURED.value,
                        help="measure memory at the allocator in a real step (default: off)")
     p.add_argument("--repeats", default="5", help="timing rounds, each one step per strategy (default: 5)")
     p.add_argument("--no-time", dest="timing", action="store_false",
@@ -39,25 +40,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None,
                    help="directory for compare.md and compare.png (default: none, print only)")
     p.add_argument("--format", default="text", help=f"printed table: {', '.join(FORMATS)} (default: text)")
-    p.set_defaults(func=run, mode="estimate")
+    p.set_defaults(func=run, mode=Mode.ESTIMATED.value)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..aggregation.compare import check_compare_args, compare_strategies, write_compare_files
-    from ..aggregation.sweep import check_output_dir
-    from ..errors import check_choice
+    from ..api.compare import check_compare_args, run_comparison
+    from ..reports.compare import write_compare_files
+    from ..validation import check_format, check_output_dir
 
-    check_choice("format", args.format, FORMATS)
+    fmt = check_format(args.format)
     checked = check_compare_args(args.strategies, args.batch_size, args.mode, args.device, args.dtype,
                                  args.optimizer, args.repeats, args.timing)
     out = check_output_dir(args.out) if args.out is not None else None
-    result = compare_strategies(checked.strategies, checked.batch_size, mode=args.mode, device=args.device,
-                                dtype=args.dtype, optimizer=args.optimizer, repeats=checked.repeats,
-                                timing=args.timing, progress=None)
-    sys.stdout.write(result.render(args.format))
+    result = run_comparison(checked, progress=None)
+    sys.stdout.write(result.render(fmt))
     if out is not None:
         command = (f"memprof compare --strategies {','.join(checked.strategies)} --batch-size {checked.batch_size} "
-                   f"--{args.mode} --repeats {checked.repeats}{'' if args.timing else ' --no-time'} "
+                   f"--{_FLAG[checked.mode]} --repeats {checked.repeats}{'' if args.timing else ' --no-time'} "
                    f"--device {args.device} --dtype {args.dtype} --optimizer {args.optimizer}")
         for path in write_compare_files(result, out, command):
             print(f"wrote {path}", file=sys.stderr)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..units import DTYPES
+from ..vocabulary import DTYPES
+
+#: what `memprof fit` prints
+FORMATS = ("text", "json")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "batch size whose step fits --memory. On the CPU the figure fitted is the estimated "
         "allocator peak (tensors and kernel scratch); with --device cuda it is the predicted "
         "max_memory_reserved of the caching-allocator model (not yet checked on a GPU; the CUDA "
-        "context and cuDNN workspaces are not modelled: leave headroom for them).",
+        "context and cuDNN workspaces are not modelled: leave headroom for them). A budget below "
+        "what batch 1 needs is an error (exit 2).",
     )
     p.add_argument("model", help=model_help())
     p.add_argument("--memory", required=True,
@@ -29,45 +33,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--expandable-segments", action="store_true",
                    help="with --device cuda, model PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (default: off)")
-    p.add_argument("--format", default="text", help="text or json (default: text)")
+    p.add_argument("--format", default="text", help=f"{', '.join(FORMATS)} (default: text)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+    from ..api.step import fit_batch_size
+    from ..rendering.fit import BatchFit
+    from ..validation import check_format, parse_memory
+    from ._common import build_model, resolve_model
 
-    from ..aggregation.step import check_step_args, fit_batch_size, fitted_figure
-    from ..errors import UsageError, check_choice
-    from ..units import format_bytes, parse_bytes
-    from .profile import build_model, resolve_model
-
-    check_choice("format", args.format, ("text", "json"))
-    try:
-        budget = parse_bytes(args.memory)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    fmt = check_format(args.format, FORMATS)
+    budget = parse_memory(args.memory)
     model, name, shape = resolve_model(args.model, args.input_shape)
-    check_step_args(1, shape, args.optimizer, args.dtype, args.device, True)
     batch, prof = fit_batch_size(build_model(model), budget, shape, optimizer=args.optimizer, dtype=args.dtype,
                                  device=args.device, name=name, expandable_segments=args.expandable_segments)
-    figure, fitted = fitted_figure(prof)
-    if args.format == "json":
-        print(json.dumps({
-            "model": name, "memory_bytes": budget, "device": args.device, "dtype": args.dtype,
-            "optimizer": args.optimizer, "batch_size": batch, "fitted_figure": figure, "fitted_bytes": fitted,
-            "unused_bytes": budget - fitted, "peak_bytes": prof.peak_bytes,
-            "reserved_peak_bytes": prof.reserved_peak_bytes,
-            "activation_peak_bytes": prof.activation_peak_bytes, "notes": prof.notes,
-        }, indent=2))
-        return 0
-    print(f"{name}: batch size {batch} fits in {format_bytes(budget, 'GiB', 3)} ({budget} bytes) on {args.device}, "
-          f"{args.dtype}, {args.optimizer}")
-    print(f"fitted figure: {figure} at batch {batch}: {format_bytes(fitted, 'MiB')}; "
-          f"unused budget {format_bytes(budget - fitted, 'MiB')} ({100 * (budget - fitted) / budget:.2f}%)")
-    if prof.reserved_peak_bytes is not None:
-        print(f"predicted max_memory_allocated {format_bytes(prof.peak_bytes, 'MiB')}, "
-              f"max_memory_reserved {format_bytes(prof.reserved_peak_bytes, 'MiB')}")
-    print(f"activation peak {format_bytes(prof.activation_peak_bytes, 'MiB')}")
-    for n in prof.notes:
-        print(f"note: {n}")
+    print(BatchFit(name, budget, args.device, args.dtype, args.optimizer, batch, prof).render(fmt), end="")
     return 0

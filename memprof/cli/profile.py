@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..units import DTYPES
-
-FORMATS = ("text", "markdown", "json")
+from ..vocabulary import DTYPES, FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,50 +36,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_model(spec: str, input_shape: str | None) -> tuple[object, str, tuple[int, ...] | None]:
-    """(model or registered name, display name, input shape or None) for a name or a factory spec.
-
-    A registered model is returned by name and built only by :func:`build_model`, after the
-    arguments have been checked.
-    """
-    from ..aggregation.table import parse_input_shape
-    from ..models import get_model_info
-    from ._common import load_model
-
-    model = load_model(spec)
-    shape = parse_input_shape(input_shape) if input_shape is not None else None
-    if isinstance(model, str):
-        return model, model, shape or tuple(get_model_info(model).input_shape)
-    return model, spec, shape
-
-
-def build_model(model: object) -> object:
-    """The module for a registered name (or the module itself)."""
-    from ..models import get_model
-
-    return get_model(model) if isinstance(model, str) else model
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..aggregation.step import check_step_args, profile_step
-    from ..errors import UsageError, check_choice
+    from ..api.step import check_step_args, run_profile_step
+    from ..validation import check_format, check_output_file
+    from ._common import build_model, resolve_model
 
-    check_choice("format", args.format, FORMATS)
-    if args.timeline is not None and not str(args.timeline).lower().endswith(".png"):
-        raise UsageError(f"--timeline {args.timeline!r} must name a .png file")
-    model, name, shape = resolve_model(args.model, args.input_shape)
-    check_step_args(args.batch_size, shape, args.optimizer, args.dtype, args.device, args.estimate)
-    prof = profile_step(build_model(model), int(args.batch_size), shape, optimizer=args.optimizer,
-                        dtype=args.dtype, device=args.device, estimate=args.estimate, name=name)
-    if args.format == "json":
-        print(prof.to_json(), end="")
-    elif args.format == "markdown":
-        print(prof.to_markdown(), end="")
-    else:
-        print(prof.to_text(), end="")
+    fmt = check_format(args.format)
     if args.timeline is not None:
-        import sys
-
+        check_output_file(args.timeline, suffix=".png", what="--timeline")
+    model, name, shape = resolve_model(args.model, args.input_shape)
+    checked = check_step_args(args.batch_size, shape, args.optimizer, args.dtype, args.device, args.estimate)
+    prof = run_profile_step(build_model(model), checked, name=name)
+    print(prof.render(fmt), end="")
+    if args.timeline is not None:
         prof.plot(args.timeline)
         print(f"wrote {args.timeline}", file=sys.stderr)
     return 0

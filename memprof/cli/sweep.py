@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..units import DTYPES
+from ..vocabulary import DTYPES, FORMATS, Mode
 
-FORMATS = ("text", "markdown", "csv", "json")
+#: the flag that selects each mode
+_FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..aggregation.sweep import DEFAULT_BATCH_SIZES, DEFAULT_MODELS
+    from ..api.sweep import DEFAULT_BATCH_SIZES, DEFAULT_MODELS
 
     models = ",".join(DEFAULT_MODELS)
     sizes = ",".join(map(str, DEFAULT_BATCH_SIZES))
@@ -28,9 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated batch sizes; '...' continues a progression, e.g. 1,2,4,...,1024 "
                    f"(default: {sizes})")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--estimate", dest="mode", action="store_const", const="estimate",
+    group.add_argument("--estimate", dest="mode", action="store_const", const=Mode.ESTIMATED.value,
                        help="estimate each step under FakeTensorMode, nothing allocated (the default)")
-    group.add_argument("--measure", dest="mode", action="store_const", const="measure",
+    group.add_argument("--measure", dest="mode", action="store_const", const=Mode.MEASURED.value,
                        help="run each step for real; a size that runs out of memory becomes a row marked "
                        "'out of memory' (default: off)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -38,21 +39,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam (default: sgd)")
     p.add_argument("--out", default=".", help="directory for sweep.csv and sweep.png (default: .)")
     p.add_argument("--format", default="text", help=f"printed table: {', '.join(FORMATS)} (default: text)")
-    p.set_defaults(func=run, mode="estimate")
+    p.set_defaults(func=run, mode=Mode.ESTIMATED.value)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..aggregation.sweep import check_output_dir, check_sweep_args, sweep, write_sweep_files
-    from ..errors import check_choice
+    from ..api.sweep import check_sweep_args, run_sweep
+    from ..reports.sweep import write_sweep_files
+    from ..validation import check_format, check_output_dir
 
-    check_choice("format", args.format, FORMATS)
+    fmt = check_format(args.format)
     checked = check_sweep_args(args.models, args.batch_sizes, args.mode, args.device, args.dtype, args.optimizer)
     out = check_output_dir(args.out)
-    result = sweep(checked.models, checked.batch_sizes, mode=args.mode, device=args.device, dtype=args.dtype,
-                   optimizer=args.optimizer, progress=None)
-    sys.stdout.write(result.render(args.format))
+    result = run_sweep(checked, progress=None)
+    sys.stdout.write(result.render(fmt))
     command = (f"memprof sweep --models {','.join(checked.models)} "
-               f"--batch-sizes {','.join(map(str, checked.batch_sizes))} --{args.mode} --device {args.device} "
+               f"--batch-sizes {','.join(map(str, checked.batch_sizes))} --{_FLAG[checked.mode]} --device {args.device} "
                f"--dtype {args.dtype} --optimizer {args.optimizer}")
     for path in write_sweep_files(result, out, command):
         print(f"wrote {path}", file=sys.stderr)

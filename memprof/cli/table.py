@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..rendering.tables import FORMATS
-from ..units import DTYPES
+from ..vocabulary import DTYPES, FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -44,23 +43,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..aggregation.table import check_table_args, layer_table
-    from ..errors import check_choice
+    from ..api.table import check_table_args, run_layer_table
+    from ..validation import check_format, check_output_file
     from ._common import load_model, write_output
 
-    # All checks before any work (the same function layer_table calls first); a
-    # package.module:factory is built only once everything else is known to be valid.
-    check_choice("format", args.format, FORMATS)
-    spec = None if ":" in args.model else args.model
-    check_table_args(spec, args.input_shape, args.batch_size, args.dtype, args.depth, args.device)
+    # Every check before any work; a package.module:factory is built only once everything
+    # else is known to be valid, and the table is then made from the checked arguments.
+    fmt = check_format(args.format)
+    if args.out is not None:
+        check_output_file(args.out, what="--out")
+    checked = check_table_args(None if ":" in args.model else args.model, args.input_shape, args.batch_size,
+                               args.dtype, args.depth, args.device)
     model = load_model(args.model)
-    table = layer_table(model, args.input_shape, args.batch_size, args.dtype, args.depth,
-                        device=args.device, all_rows=args.all_rows)
-    if args.format == "markdown":
-        text = table.to_markdown(include_seed_table=args.seed_table)
-    elif args.format == "text":
-        text = table.to_text(include_seed_table=args.seed_table)
-    else:
-        text = table.render(args.format)
-    write_output(text, args.out)
+    table = run_layer_table(checked, None if isinstance(model, str) else model, all_rows=args.all_rows)
+    write_output(table.render(fmt, include_seed_table=args.seed_table), args.out)
     return 0

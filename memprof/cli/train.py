@@ -9,7 +9,7 @@ import sys
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..models import list_models
-    from ..train.loop import DEVICES, AmpMode, TrainConfig
+    from ..train.config import DEVICES, AmpMode, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser(

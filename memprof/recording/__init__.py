@@ -1,12 +1,23 @@
-"""Recording: hooks that watch one pass and fill records (rows, saved tensors, allocations).
+"""Recording: running things and watching them. Hooks fill records; nobody else installs hooks.
 
-:mod:`memprof.recording.layers` records one row per module call with the bytes autograd saves
-for it (``torch.autograd.graph.saved_tensors_hooks``). Aggregation and rendering never import
-hook code; they read the records.
+- :mod:`~memprof.recording.layers`: one forward, one :class:`LayerRecord` per table row with the
+  bytes autograd saves for it (``saved_tensors_hooks``);
+- :mod:`~memprof.recording.runner`: the training step (``run_step``), the step recorded under
+  the trackers, real or fake (``record_step``), and the interleaved timing loop (``time_steps``);
+- :mod:`~memprof.recording.attribution`: :class:`StorageTracker`, who owns every live byte;
+- :mod:`~memprof.recording.boundaries`: :class:`ModuleBoundaries`, where each module's forward
+  and backward start and end;
+- :mod:`~memprof.recording.timeline`: the tracker's output as plain data (live bytes per
+  category after every event) and the activation peak;
+- :mod:`~memprof.recording.tensors`: the tensors in op arguments and the storages behind them;
+- :mod:`~memprof.recording.allocations`: the allocators' own view (CPU replay, CUDA peaks);
+- :mod:`~memprof.recording.estimate`: fake models and the CUDA caching-allocator model.
+
+Aggregation and rendering never import hook code; they read the records returned here.
 """
 
 from __future__ import annotations
 
-from .layers import COUNTED_KINDS, DEVICES, ForwardError, LayerRecord, Recording, make_input, record_layers
+from .layers import COUNTED_KINDS, ForwardError, LayerRecord, Recording, make_input, record_layers
 
-__all__ = ["COUNTED_KINDS", "DEVICES", "ForwardError", "LayerRecord", "Recording", "make_input", "record_layers"]
+__all__ = ["COUNTED_KINDS", "ForwardError", "LayerRecord", "Recording", "make_input", "record_layers"]

@@ -26,8 +26,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,150 +35,20 @@ from torch import nn
 from torch.autograd import _enable_record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = [
-    "Category",
-    "STATE_CATEGORIES",
-    "ModuleInterval",
-    "StorageTracker",
-    "activation_bytes",
-    "storage_key",
-]
-
-
-class Category(str, Enum):
-    """Where a live byte belongs. ``unattributed`` is what the allocator saw and no tensor owns."""
-
-    PARAMETERS = "parameters"
-    GRADIENTS = "gradients"
-    OPTIMIZER_STATE = "optimizer_state"
-    ACTIVATIONS = "activations"
-    TEMPORARIES = "temporaries"
-    INPUTS = "inputs"
-    UNATTRIBUTED = "unattributed"
-
-
-#: Categories that persist across steps (model and optimizer state); everything else is what
-#: the "activation peak" counts.
-STATE_CATEGORIES: tuple[Category, ...] = (Category.PARAMETERS, Category.GRADIENTS, Category.OPTIMIZER_STATE)
-
-#: The categories a tracker attributes (all but ``unattributed``), in display order.
-TRACKED_CATEGORIES: tuple[Category, ...] = (
-    Category.PARAMETERS,
-    Category.GRADIENTS,
-    Category.OPTIMIZER_STATE,
-    Category.ACTIVATIONS,
-    Category.TEMPORARIES,
-    Category.INPUTS,
+from ..vocabulary import TRACKED_CATEGORIES, Category, Phase
+from .boundaries import ModuleBoundaries
+from .tensors import (
+    arg_tensors,
+    out_tensors,
+    storage_key,
+    storage_keys,
+    storages,
+    tensors_in,
+    writes_in_place,
 )
+from .timeline import Timeline
 
-
-# NOTE [ The activation peak, defined once ]
-# "Activation peak" is the peak over the step of the live bytes that are NOT model or optimizer
-# state: live bytes minus parameters, gradients and optimizer state. It therefore counts saved
-# activations, in-flight temporaries and the input batch, because all of them grow with the
-# batch size and none of them persists across steps. It is computed on the attribution timeline
-# (tensor-owned bytes), so an estimate and a measurement give the same figure; the
-# unattributed gap is reported separately at the total peak. Every figure that says
-# "activation peak" (profile, fit, reports) calls activation_bytes() below.
-def activation_bytes(by_category: dict[str, Any]) -> Any:
-    """Live bytes other than parameters, gradients and optimizer state (scalars or arrays).
-
-    Args:
-        by_category: live bytes keyed by category name (tracked categories; ``unattributed``
-            is ignored: see NOTE [ The activation peak, defined once ]).
-
-    Returns:
-        The bytes that count towards the activation peak, of the same kind as the values.
-    """
-    total = sum(by_category[c.value] for c in TRACKED_CATEGORIES)
-    return total - sum(by_category[c.value] for c in STATE_CATEGORIES)
-
-
-#: What ``Tensor.untyped_storage()`` raises for a tensor without a plain storage (sparse,
-#: nested, some subclasses); such tensors are not tracked.
-_NO_STORAGE: tuple[type[Exception], ...] = (RuntimeError, NotImplementedError, TypeError)
-
-
-def storage_key(t: torch.Tensor) -> int | None:
-    """An id for the untyped storage behind ``t`` (None for tensors without one)."""
-    try:
-        return t.untyped_storage()._cdata
-    except _NO_STORAGE:
-        return None
-
-
-# Types that are neither tensors nor containers of tensors: most arguments of an op.
-_LEAF_TYPES: frozenset[type] = frozenset(
-    {int, float, bool, complex, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format}
-)
-
-
-def _tensors(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """The tensors in nested tuples, lists and dicts (pytree is several times slower per op)."""
-    if out is None:
-        out = []
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-        return out
-    if isinstance(obj, dict):
-        obj = obj.values()
-    elif not isinstance(obj, (list, tuple)):
-        return out
-    # NOTE [ Cheap argument walk ]
-    # Op arguments are mostly ints, bools and flat lists of ints (strides, paddings), and an
-    # isinstance() against torch.Tensor costs ~0.1 us for a non-tensor: a type lookup in a set
-    # skips those, and leaves are handled here instead of by a call each. Together ~4x faster
-    # on a convolution's arguments (6 us -> 1.5 us).
-    for o in obj:
-        kind = type(o)
-        if kind in _LEAF_TYPES:
-            continue
-        if kind is list or kind is tuple:  # one level inline: lists of ints, lists of tensors
-            for p in o:
-                if type(p) in _LEAF_TYPES:
-                    continue
-                if isinstance(p, torch.Tensor):
-                    out.append(p)
-                elif isinstance(p, (list, tuple, dict)):
-                    _tensors(p, out)
-        elif isinstance(o, torch.Tensor):
-            out.append(o)
-        elif isinstance(o, (list, tuple, dict)):
-            _tensors(o, out)
-    return out
-
-
-def _arg_tensors(args: Any, kwargs: Any) -> list[torch.Tensor]:
-    """The tensors among an op's arguments."""
-    return _tensors(args, _tensors(kwargs) if kwargs else None)
-
-
-def _out_tensors(out: Any) -> Iterable[torch.Tensor]:
-    """The tensors an op returned (most ops return exactly one)."""
-    return (out,) if isinstance(out, torch.Tensor) else _tensors(out)
-
-
-def _storages(tensors: Iterable[torch.Tensor]) -> Iterator[tuple[torch.UntypedStorage, int]]:
-    """(storage, storage key) of each tensor that has a storage."""
-    for t in tensors:
-        try:
-            st = t.untyped_storage()
-        except _NO_STORAGE:
-            continue
-        yield st, st._cdata
-
-
-def _storage_keys(args: Any, kwargs: Any) -> set[int]:
-    """The storage keys of the tensors in an op's arguments."""
-    return {key for _, key in _storages(_arg_tensors(args, kwargs))}
-
-
-def _writes(func: Any) -> bool:
-    """True for ops with an argument written in place (resize_, set_, out= variants, add_, ...)."""
-    try:
-        return any(a.alias_info is not None and a.alias_info.is_write for a in func._schema.arguments)
-    except AttributeError:
-        return True
+__all__ = ["ModuleInterval", "StorageTracker"]
 
 
 @dataclass
@@ -224,33 +93,22 @@ class _Saved:
                 me._unsave(self._key)
 
 
-@dataclass
-class Timeline:
-    """Live bytes per category after every event of the step (the event clock is the x axis)."""
-
-    by_category: dict[str, np.ndarray]
-    phases: list[tuple[str, int, int]] = field(default_factory=list)  # (phase, start, end)
-
-    @property
-    def total(self) -> np.ndarray:
-        """Tensor-owned live bytes after each event."""
-        return sum(self.by_category[c.value] for c in TRACKED_CATEGORIES)  # type: ignore[return-value]
-
-    @property
-    def activations(self) -> np.ndarray:
-        """Live bytes counted by the activation peak, after each event."""
-        return activation_bytes(self.by_category)
-
-    def at(self, index: int) -> dict[str, int]:
-        """Bytes per category after event ``index``."""
-        return {c.value: int(self.by_category[c.value][index]) for c in TRACKED_CATEGORIES}
-
-
 class StorageTracker(TorchDispatchMode):
     """Track every storage of a training step and the role it plays, event by event.
 
-    Use through :meth:`track` (which also installs module hooks, saved-tensor hooks, gradient
-    hooks and the storage-resize watch, and removes all of them on exit, also on error).
+    Use through :meth:`track` (which also installs saved-tensor hooks, gradient hooks, the
+    storage-resize watch and the module boundaries of :class:`~memprof.recording.boundaries.ModuleBoundaries`,
+    and removes all of them on exit, also on error)::
+
+        tracker = StorageTracker(model, optimizer, [x, y])
+        with tracker.track():
+            run_step(model, optimizer, x, y, tracker)
+        timeline = tracker.timeline()   # live bytes per category after every event
+
+    Known limitations: memory that no tensor owns (kernel workspaces, allocator rounding) is
+    invisible here; a storage created outside the dispatcher (a C++ extension that allocates
+    without an ATen op) is seen only when an op returns it; tensors without a plain storage
+    (sparse, nested) are not tracked.
 
     Args:
         model: the model whose parameters, buffers and modules are tracked.
@@ -275,13 +133,14 @@ class StorageTracker(TorchDispatchMode):
         self.phases: list[tuple[str, int, int]] = []
         self._phase_start = 0
         self.intervals: list[ModuleInterval] = []
-        self._open: dict[int, list[tuple[str, str, int]]] = {}
         self._bw_open: dict[str, list[int]] = {}
         self._stack: list[str] = []
         self._ops: dict[Any, tuple[bool, bool]] = {}  # func -> (writes in place, mute inner record)
         self._mute_inner = False  # see NOTE [ One profiler record per op ]
         self._bw_current: str | None = None
-        self.module_names: dict[str, str] = {}
+        self.boundaries = ModuleBoundaries(model, in_backward=lambda: self.phase == Phase.BACKWARD.value)
+        self.boundaries.register_user_hooks(
+            self._forward_started, self._forward_ended, self._backward_started, self._backward_ended)
         self._active = False
         #: optional object with ``open(tag)``/``close(tag)`` told of every module interval
         #: (the CUDA allocator tracker reads its peaks there).
@@ -381,9 +240,6 @@ class StorageTracker(TorchDispatchMode):
         if nbytes:
             self._alloc(key, nbytes)
 
-    def _resized(self, st: torch.UntypedStorage) -> None:
-        self._check_size(st)
-
     # ---- saved tensors -----------------------------------------------------------------------
     def _pack(self, t: torch.Tensor) -> Any:
         if not self._active:
@@ -419,7 +275,7 @@ class StorageTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         op = self._ops.get(func)
         if op is None:
-            op = self._ops[func] = (_writes(func), self._mute_inner and getattr(func, "namespace", None) == "aten")
+            op = self._ops[func] = (writes_in_place(func), self._mute_inner and getattr(func, "namespace", None) == "aten")
         writes, mute = op
         if mute:
             _enable_record_function(False)
@@ -440,12 +296,12 @@ class StorageTracker(TorchDispatchMode):
         # storage is untracked. Same events as _after_write(), fewer Python calls per op.
         refs = self._refs
         in_keys: set[int] | None = None
-        for st, key in _storages(_out_tensors(out)):
+        for st, key in storages(out_tensors(out)):
             ref = refs.get(key)
             if ref is not None and ref() is not None:
                 continue
             if in_keys is None:  # an output on an untracked storage: new, unless it aliases an input
-                in_keys = _storage_keys(args, kwargs)
+                in_keys = storage_keys(args, kwargs)
             if key not in in_keys:
                 self._watch(st, key)
                 self._alloc(key, int(st.nbytes()))
@@ -456,14 +312,14 @@ class StorageTracker(TorchDispatchMode):
         refs = self._refs
         in_keys: set[int] = set()
         checked: set[int] = set()
-        for st, key in _storages(_arg_tensors(args, kwargs)):
+        for st, key in storages(arg_tensors(args, kwargs)):
             in_keys.add(key)
             ref = refs.get(key)
             if ref is not None and ref() is not None and key not in checked:
                 checked.add(key)
                 self._check_size(st)
         # an in-place op returns its argument: checked above already (a check is idempotent)
-        for st, key in _storages(_out_tensors(out)):
+        for st, key in storages(out_tensors(out)):
             if key in checked:
                 continue
             if self._known(key):
@@ -487,54 +343,33 @@ class StorageTracker(TorchDispatchMode):
         self.phase = phase
         self._phase_start = self.clock
 
-    def _pre_forward(self, name: str) -> Any:
-        def hook(module: nn.Module, args: Any) -> None:
-            phase = "backward" if self.phase == "backward" else "forward"
-            self._open.setdefault(id(module), []).append((name, phase, self._tick()))
-            self._stack.append(name)
+    def _forward_started(self, name: str, phase: str) -> int:
+        start = self._tick()
+        self._stack.append(name)
+        if self.listener is not None:
+            self.listener.open((name, phase))
+        return start
+
+    def _forward_ended(self, name: str, phase: str, start: int) -> None:
+        if self._stack:
+            self._stack.pop()
+        self.intervals.append(ModuleInterval(name, phase, start, self._tick()))
+        if self.listener is not None:
+            self.listener.close((name, phase))
+
+    def _backward_started(self, name: str) -> None:
+        if self._active:
+            self._bw_open.setdefault(name, []).append(self._tick())
+            self._bw_current = name
             if self.listener is not None:
-                self.listener.open((name, phase))
-            if torch.is_grad_enabled():
-                # never on parameters: a hook there would outlive the step
-                needing = [t for t in _tensors(args) if t.requires_grad and not isinstance(t, nn.Parameter)]
-                if needing:
-                    _register_multi_grad_hook(needing, self._end_backward(name), mode="any")
-        return hook
+                self.listener.open((name, Phase.BACKWARD.value))
 
-    def _post_forward(self) -> Any:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            stack = self._open.get(id(module))
-            if not stack:
-                return
-            name, phase, start = stack.pop()
-            if self._stack:
-                self._stack.pop()
-            self.intervals.append(ModuleInterval(name, phase, start, self._tick()))
+    def _backward_ended(self, name: str) -> None:
+        starts = self._bw_open.get(name)
+        if self._active and starts:
+            self.intervals.append(ModuleInterval(name, Phase.BACKWARD.value, starts.pop(), self._tick()))
             if self.listener is not None:
-                self.listener.close((name, phase))
-            if torch.is_grad_enabled():
-                needing = [t for t in _tensors(output) if t.requires_grad and not isinstance(t, nn.Parameter)]
-                if needing:
-                    _register_multi_grad_hook(needing, self._start_backward(name), mode="any")
-        return hook
-
-    def _start_backward(self, name: str) -> Any:
-        def hook(*_: Any) -> None:
-            if self._active:
-                self._bw_open.setdefault(name, []).append(self._tick())
-                self._bw_current = name
-                if self.listener is not None:
-                    self.listener.open((name, "backward"))
-        return hook
-
-    def _end_backward(self, name: str) -> Any:
-        def hook(*_: Any) -> None:
-            starts = self._bw_open.get(name)
-            if self._active and starts:
-                self.intervals.append(ModuleInterval(name, "backward", starts.pop(), self._tick()))
-                if self.listener is not None:
-                    self.listener.close((name, "backward"))
-        return hook
+                self.listener.close((name, Phase.BACKWARD.value))
 
     def _grad_accumulated(self, param: torch.Tensor) -> None:
         if self._active and param.grad is not None:
@@ -553,9 +388,10 @@ class StorageTracker(TorchDispatchMode):
         def resize_(st: torch.UntypedStorage, size: int) -> Any:
             result = orig_resize(st, size)
             if tracker._active:
-                tracker._resized(st)
+                tracker._check_size(st)
             return result
 
+        stack = contextlib.ExitStack()
         try:
             for p in self.model.parameters():
                 self._add_storage(p.untyped_storage(), Category.PARAMETERS)
@@ -567,10 +403,7 @@ class StorageTracker(TorchDispatchMode):
                 self._add_storage(t.untyped_storage(), Category.OPTIMIZER_STATE)
             for t in self.inputs:
                 self._add_storage(t.untyped_storage(), Category.INPUTS)
-            for name, module in self.model.named_modules():
-                self.module_names[name] = type(module).__name__
-                handles.append(module.register_forward_pre_hook(self._pre_forward(name)))
-                handles.append(module.register_forward_hook(self._post_forward()))
+            stack.enter_context(self.boundaries.track())
             torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
             # NOTE [ One profiler record per op ]
             # Under this mode every ATen op enters the dispatcher twice: once from the caller
@@ -596,12 +429,18 @@ class StorageTracker(TorchDispatchMode):
             torch.UntypedStorage.resize_ = orig_resize  # type: ignore[method-assign]
             for h in handles:
                 h.remove()
+            stack.close()
             self._refs.clear()
 
     def _optimizer_tensors(self) -> list[torch.Tensor]:
         if self.optimizer is None:
             return []
-        return [t for state in self.optimizer.state.values() for t in _tensors(state)]
+        return [t for state in self.optimizer.state.values() for t in tensors_in(state)]
+
+    @property
+    def module_names(self) -> dict[str, str]:
+        """Qualified module name -> class name, for every module of the model."""
+        return self.boundaries.module_names
 
     # ---- results -------------------------------------------------------------------------------
     def holders_at(self, index: int, categories: Iterable[Category] | None = None) -> list[tuple[str, str, int]]:
@@ -654,19 +493,3 @@ class StorageTracker(TorchDispatchMode):
                         add(Category.ACTIVATIONS, s2, e2, life.nbytes)
         by_cat = {k: np.cumsum(v)[: self.clock + 1] for k, v in diffs.items()}
         return Timeline(by_cat, list(self.phases))
-
-
-# NOTE [ Module backward boundaries ]
-# A module's backward starts when the gradient of its (first) output is computed and ends when
-# the gradient of its (first) input is: one plain tensor hook on each, which observes the
-# gradient and returns None, so nothing is kept and nothing changes. Not used: full backward
-# hooks (register_full_backward_hook), which wrap inputs and outputs in extra autograd nodes,
-# change the graph and break in-place ops such as ReLU(inplace=True); multi-grad hooks in "all"
-# mode, which buffer gradients (keeping them alive longer: it changed irevvgg's peak) and query
-# the engine about leaves, which autograd.grad() inside a reversible backward does not allow;
-# "any" mode, correct but several times slower per module call.
-def _register_multi_grad_hook(tensors: list[torch.Tensor], fn: Any, mode: str = "any") -> Any:
-    def hook(grad: torch.Tensor) -> None:
-        fn()
-
-    return tensors[0].register_hook(hook)

@@ -16,22 +16,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UsageError
 from ..reversible import ReversibleSequence
-from .attribution import storage_key
+from ..validation import UsageError
+from .tensors import storage_key
 
 __all__ = [
     "COUNTED_KINDS",
-    "DEVICES",
     "ForwardError",
     "LayerRecord",
     "Recording",
     "make_input",
     "record_layers",
 ]
-
-#: Where the pass may run: "meta" (shapes and storages only, no arithmetic) or a real device.
-DEVICES = ("meta", "cpu", "cuda")
 
 #: Layer kinds whose output a standard network keeps for backward: the deck's "#activations"
 #: counts their output elements per sample (NOTE [ The deck's activation convention ]).
@@ -402,7 +398,7 @@ def record_layers(
 ) -> Recording:
     """Run one training-mode forward (no backward) and record one row per layer call.
 
-    Arguments are assumed checked (see :func:`memprof.aggregation.table.layer_table`).
+    Arguments are assumed checked (see :func:`memprof.api.table.check_table_args`).
 
     Args:
         model: the module; it is left exactly as it was (weights, buffers, mode, hooks, RNG).

@@ -1,7 +1,10 @@
-"""Rendering: tables (text, Markdown, CSV, JSON) built from DataFrames; never imports hook code."""
+"""Rendering: results as text, Markdown, CSV, JSON, DataFrames and plots; never imports hook code.
+
+:mod:`~memprof.rendering.result` defines the one result protocol; each result class adds it to
+the plain dataclass aggregation computed (:class:`~memprof.rendering.layer_table.LayerTable`,
+:class:`~memprof.rendering.step.StepProfile`, :class:`~memprof.rendering.sweep.SweepResult`,
+:class:`~memprof.rendering.compare.StrategyComparison`). :mod:`~memprof.rendering.tables`
+renders DataFrames; :mod:`~memprof.rendering.plots` draws Figures from DataFrames or a timeline.
+"""
 
 from __future__ import annotations
-
-from .tables import FORMATS, Format, format_count, render_csv, render_json, render_sections, render_table
-
-__all__ = ["FORMATS", "Format", "format_count", "render_csv", "render_json", "render_sections", "render_table"]

@@ -1,19 +1,40 @@
-"""Plots. Each figure is its own function taking a result object (no hook code imported here)."""
+"""Plots. Each figure is its own function taking DataFrames or a timeline, never a result object.
+
+Figures are ``matplotlib.figure.Figure`` objects built without pyplot (NOTE [ Figures without
+pyplot ]); nothing here imports hook code.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..aggregation.step import StepProfile
+from ..units import MiB
+from ..vocabulary import TRACKED_CATEGORIES, Mode
 
 __all__ = ["plot_layer_activations", "plot_step_timeline", "plot_strategies", "plot_sweep"]
 
 _PHASE_COLOURS = {"forward": "#dbe9f6", "backward": "#fde2cf", "optimizer": "#e3f1dc"}
 
 
-def plot_step_timeline(profile: StepProfile, path: str | Path | None = None) -> Any:
+# NOTE [ Figures without pyplot ]
+# The figures below are matplotlib.figure.Figure objects built without pyplot: no backend is
+# selected or switched (a notebook keeps its inline backend, a script needs no display), no
+# global figure list grows, and savefig renders through Agg. Jupyter displays them as images.
+def _new_figure(**kwargs: Any) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def plot_step_timeline(
+    timeline: Any,
+    path: str | Path | None = None,
+    *,
+    peak_bytes: int,
+    mode: str,
+    title: str,
+) -> Any:
     """Live bytes of one training step by category, with the forward/backward/optimizer phases.
 
     The x axis is the tracker's event clock (one tick per allocation, free, save or module
@@ -21,48 +42,41 @@ def plot_step_timeline(profile: StepProfile, path: str | Path | None = None) -> 
     the estimated peak) is drawn as a dashed line.
 
     Args:
-        profile: a :class:`memprof.aggregation.step.StepProfile` with its timeline.
+        timeline: live bytes per category after every event (``by_category``: category name ->
+            array, ``total``: their sum) and the phases' spans (``phases``: (phase, start, end));
+            a step profile's ``timeline``.
         path: write a PNG there if given.
+        peak_bytes: the step's peak, drawn as a line.
+        mode: ``measured`` or ``estimated``, for the labels.
+        title: the axes' title.
 
     Returns:
         The matplotlib Figure.
-
-    Raises:
-        ValueError: if the profile has no timeline.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from ..recording.attribution import TRACKED_CATEGORIES
-    from ..units import MiB
-
-    tl = profile.timeline
-    if tl is None:
-        raise ValueError("this profile has no timeline to plot")
+    tl = timeline
     start = min(s for _, s, _ in tl.phases)
     x = np.arange(len(tl.total))[start:]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig = _new_figure(figsize=(10, 4.5))
+    ax = fig.subplots()
     for phase, s, e in tl.phases:
         if phase in _PHASE_COLOURS:
             ax.axvspan(s, e, color=_PHASE_COLOURS[phase], zorder=0)
             ax.text((s + e) / 2, 1.0, phase, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=9)
     ys = [tl.by_category[c.value][start:] / MiB for c in TRACKED_CATEGORIES]
     ax.stackplot(x, ys, labels=[c.value for c in TRACKED_CATEGORIES], alpha=0.85, zorder=1)
-    kind = "measured" if profile.mode == "measured" else "estimated"
-    ax.axhline(profile.peak_bytes / MiB, color="black", ls="--", lw=1, label=f"peak ({kind}, allocator)" if kind == "measured" else f"peak ({kind})")
+    label = f"peak ({mode}, allocator)" if mode == Mode.MEASURED else f"peak ({mode})"
+    ax.axhline(peak_bytes / MiB, color="black", ls="--", lw=1, label=label)
     ax.set_xlabel("event (allocation, free, save, module boundary)")
     ax.set_ylabel("live MiB (2^20 bytes)")
-    ax.set_title(f"{profile.model}, batch {profile.batch_size}, {profile.device}, {profile.optimizer}: live bytes over one step ({kind})", pad=16)
+    ax.set_title(title, pad=16)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_xlim(x[0], x[-1])
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
-    plt.close(fig)
     return fig
 
 
@@ -74,16 +88,6 @@ _METRIC_STYLES = {
     "seed_activation_bytes": (":", "^", "seed convention (deck)"),
     "peak_bytes": ("-.", "D", "step peak"),
 }
-
-
-# NOTE [ Figures without pyplot ]
-# The figures below are matplotlib.figure.Figure objects built without pyplot: no backend is
-# selected or switched (a notebook keeps its inline backend, a script needs no display), no
-# global figure list grows, and savefig renders through Agg. Jupyter displays them as images.
-def _new_figure(**kwargs: Any) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(**kwargs)
 
 
 def _spans(values: Any, factor: float) -> bool:
@@ -117,7 +121,7 @@ def plot_sweep(
     a factor of 8 (batch) or 20 (bytes); rows without figures (out of memory) are left out.
 
     Args:
-        df: a :meth:`memprof.aggregation.sweep.SweepResult.to_dataframe` frame (columns
+        df: a :meth:`memprof.rendering.sweep.SweepResult.to_dataframe` frame (columns
             ``model``, ``batch_size``, the byte figures and ``<figure>_saving_pct``).
         path: write a PNG there if given.
         reference: the model of the savings (default: the first model in ``df``).
@@ -127,15 +131,24 @@ def plot_sweep(
     Returns:
         The matplotlib Figure.
     """
-    import pandas as pd
-
-    from ..units import MiB
-
     models = list(dict.fromkeys(df["model"]))
     reference = reference or models[0]
     colours = {m: f"C{i}" for i, m in enumerate(models)}
     fig = _new_figure(figsize=(16, 5))
     axes = fig.subplots(1, 3)
+    _sweep_memory_panels(axes[:2], df, models, colours, kind)
+    _sweep_savings_panel(axes[2], df, models, reference, colours)
+    _sweep_axes_and_legend(fig, axes, df, models, colours, kind, title)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
+def _sweep_memory_panels(axes: Any, df: Any, models: list[str], colours: dict[str, str], kind: str) -> None:
+    """Left: activation memory three ways; middle: the step peak. One line per model and figure."""
+    import pandas as pd
+
     panels = [
         (axes[0], ["activation_peak_bytes", "saved_bytes", "seed_activation_bytes"], "activation memory"),
         (axes[1], ["peak_bytes"], f"training-step peak ({kind})"),
@@ -157,7 +170,10 @@ def plot_sweep(
         if _spans(values, 20):
             ax.set_yscale("log")
         ax.grid(True, which="major", alpha=0.3)
-    ax = axes[2]
+
+
+def _sweep_savings_panel(ax: Any, df: Any, models: list[str], reference: str, colours: dict[str, str]) -> None:
+    """Right: each model's saving against the reference, in percent."""
     for m in models:
         if m == reference:
             continue
@@ -174,6 +190,13 @@ def plot_sweep(
     ax.set_xlabel("batch size")
     ax.set_ylabel("saving, % (higher is better)")
     ax.grid(True, which="major", alpha=0.3)
+
+
+def _sweep_axes_and_legend(fig: Any, axes: Any, df: Any, models: list[str], colours: dict[str, str], kind: str,
+                           title: str | None) -> None:
+    """Batch-size ticks on every panel, one legend for models and figures, the title, the layout."""
+    from matplotlib.lines import Line2D
+
     sizes = sorted(set(int(b) for b in df["batch_size"]))
     for a in axes:
         if _spans(sizes, 8):
@@ -181,8 +204,6 @@ def plot_sweep(
         a.set_xticks(sizes)
         a.set_xticklabels([str(b) for b in sizes])
         a.minorticks_off()
-    from matplotlib.lines import Line2D
-
     handles = [Line2D([], [], color=colours[m], lw=2, label=m) for m in models]
     handles += [Line2D([], [], color="black", ls=ls, marker=mk, ms=4, label=lab + (f" ({kind})" if "peak" in lab else ""))
                 for ls, mk, lab in _METRIC_STYLES.values()]
@@ -190,10 +211,6 @@ def plot_sweep(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97 if title else 1))
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    return fig
 
 
 def plot_strategies(df: Any, path: str | Path | None = None, *, title: str | None = None) -> Any:
@@ -205,7 +222,7 @@ def plot_strategies(df: Any, path: str | Path | None = None, *, title: str | Non
     within each round, a measure of the run's noise).
 
     Args:
-        df: a :meth:`memprof.aggregation.compare.StrategyComparison.to_dataframe` frame
+        df: a :meth:`memprof.rendering.compare.StrategyComparison.to_dataframe` frame
             (columns ``strategy``, ``activation_peak_bytes``, ``peak_bytes``, ``time_ratio``).
         path: write a PNG there if given.
         title: the figure's title.
@@ -216,8 +233,6 @@ def plot_strategies(df: Any, path: str | Path | None = None, *, title: str | Non
     Raises:
         ValueError: if no strategy has a step time (timing was switched off).
     """
-    from ..units import MiB
-
     if df["time_ratio"].isna().all():
         raise ValueError("no step times to plot: the comparison ran without timing")
     fig = _new_figure(figsize=(8, 5.5))
@@ -253,7 +268,7 @@ def plot_layer_activations(
     """Activation memory per table row, one panel per model: deck convention beside autograd's.
 
     Args:
-        frames: model name -> :meth:`memprof.aggregation.table.LayerTable.to_dataframe` frame
+        frames: model name -> :meth:`memprof.rendering.layer_table.LayerTable.to_dataframe` frame
             (columns ``name``, ``layer``, ``activations`` per sample, ``saved_bytes``).
         batch_size: the batch of the tables (the deck's convention is scaled to it).
         path: write a PNG there if given.
@@ -263,8 +278,6 @@ def plot_layer_activations(
         The matplotlib Figure.
     """
     import numpy as np
-
-    from ..units import MiB
 
     n = len(frames)
     widths = [max(len(df), 4) for df in frames.values()]

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from enum import Enum
 from typing import TYPE_CHECKING, Any
+
+from ..units import is_blank
+from ..validation import check_format
+from ..vocabulary import Format
 
 if TYPE_CHECKING:  # pandas is imported lazily: `import memprof` stays light
     import pandas as pd
 
 __all__ = [
-    "RenderedResult",
-    "Format",
-    "FORMATS",
-    "format_count",
     "render_table",
     "render_csv",
     "render_json",
@@ -29,34 +28,7 @@ __all__ = [
 ]
 
 
-class Format(str, Enum):
-    """Output formats every table verb accepts."""
-
-    TEXT = "text"
-    MARKDOWN = "markdown"
-    CSV = "csv"
-    JSON = "json"
-
-
-#: The accepted ``--format`` values.
-FORMATS: tuple[str, ...] = tuple(f.value for f in Format)
-
 Formatter = Callable[[Any], str]
-
-
-def format_count(value: Any) -> str:
-    """An integer with thousands separators (``20,565,834``); blanks for None/NaN."""
-    if _blank(value):
-        return ""
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:,.2f}"
-    return f"{int(value):,}"
-
-
-def _blank(value: Any) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return True
-    return type(value).__name__ in ("NAType", "NaTType")  # pandas.NA in nullable columns
 
 
 def _display_frame(
@@ -72,7 +44,7 @@ def _display_frame(
             if col in formatters:
                 row.append(formatters[col](value))
             else:
-                row.append("" if _blank(value) else str(value))
+                row.append("" if is_blank(value) else str(value))
         rows.append(row)
     return [headers.get(c, c) for c in cols], rows
 
@@ -108,9 +80,7 @@ def render_table(
     Raises:
         memprof.errors.UsageError: for an unknown format.
     """
-    from ..errors import check_choice
-
-    fmt = Format(check_choice("format", str(getattr(fmt, "value", fmt)), FORMATS))
+    fmt = Format(check_format(fmt))
     if fmt is Format.CSV:
         return render_csv(df)
     if fmt is Format.JSON:
@@ -163,40 +133,3 @@ def _jsonable(obj: Any) -> Any:
 def render_json(obj: Any) -> str:
     """Indented, key-order-preserving JSON ending with a newline (numpy scalars unwrapped)."""
     return json.dumps(_jsonable(obj), indent=2) + "\n"
-
-
-class RenderedResult:
-    """``to_text``, ``to_markdown``, ``render(fmt)`` and ``__str__`` of a result object, from its
-    ``_render(fmt)`` (text or markdown), ``to_csv()`` and ``to_json()``."""
-
-    def _render(self, fmt: str) -> str:  # pragma: no cover - implemented by the result
-        raise NotImplementedError
-
-    def to_csv(self) -> str:  # pragma: no cover - implemented by the result
-        raise NotImplementedError
-
-    def to_json(self) -> str:  # pragma: no cover - implemented by the result
-        raise NotImplementedError
-
-    def to_text(self) -> str:
-        """The table as plain text, with its notes."""
-        return self._render("text")
-
-    def to_markdown(self) -> str:
-        """The table as Markdown, with its notes."""
-        return self._render("markdown")
-
-    def __str__(self) -> str:
-        return self.to_text()
-
-    def render(self, fmt: str = "text") -> str:
-        """Render in one of ``text``, ``markdown``, ``csv``, ``json``.
-
-        Raises:
-            memprof.errors.UsageError: for an unknown format.
-        """
-        from ..errors import check_choice
-
-        fmt = check_choice("format", fmt, ("text", "markdown", "csv", "json"))
-        return {"text": self.to_text, "markdown": self.to_markdown, "csv": self.to_csv,
-                "json": self.to_json}[fmt]()

@@ -1,33 +1,37 @@
-"""Training and evaluation with the deck's recipe: data → loop → metrics, single process or DDP.
+"""Training and evaluation with the deck's recipe: config -> data -> loop -> metrics, single process or DDP.
 
-``train(TrainConfig(...))`` runs a whole job (``memprof train`` on the command line);
-``evaluate`` and ``measure_reconstruction_error`` work on any model; the per-class table of
-the deck is :class:`ClassificationReport`.
+``train(TrainConfig(...))`` runs a whole job (``memprof train`` on the command line):
+:mod:`~memprof.train.config` checks the configuration, :mod:`~memprof.train.checkpoint` saves
+and loads checkpoints with every rank's RNG state, :mod:`~memprof.train.loop` runs setup, epochs
+and evaluation; ``evaluate`` and ``measure_reconstruction_error`` work on any model; the per-class
+table of the deck is :class:`ClassificationReport`.
 """
 
 from __future__ import annotations
 
+from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from .config import AmpMode, TrainConfig, check_train_config
 from .data import DataBundle, build_transforms, check_data_dir, load_datasets
 from .distributed import DistEnv, detect_dist_env
-from .loop import (
-    AmpMode,
-    EpochRecord,
+from .evaluation import evaluate
+from .loop import EpochRecord, TrainResult, train
+from .measurements import (
     ReconstructionError,
-    TrainConfig,
-    TrainResult,
     autocast_context,
-    check_train_config,
-    evaluate,
-    load_checkpoint,
     measure_reconstruction_error,
     read_peak_memory,
     reset_peak_memory,
-    train,
 )
-from .metrics import CIFAR10_CLASSES, ClassificationReport, build_classification_report, compute_confusion_matrix
+from .metrics import (
+    CIFAR10_CLASSES,
+    ClassificationReport,
+    build_classification_report,
+    compute_confusion_matrix,
+)
 
 __all__ = [
     "AmpMode",
+    "CHECKPOINT_FORMAT",
     "CIFAR10_CLASSES",
     "ClassificationReport",
     "DataBundle",

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from ..errors import UsageError
+from ..validation import UsageError
 
 __all__ = [
     "DistEnv",

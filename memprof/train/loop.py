@@ -1,25 +1,22 @@
-"""Training and evaluation with the deck's recipe, single process or DistributedDataParallel.
+"""The training loop with the deck's recipe, single process or DistributedDataParallel.
 
-One call, :func:`train`, runs the whole job: argument checks (all of them, before any work),
+:func:`train` runs the whole job: the configuration check (:mod:`memprof.train.config`),
 data, model, SGD with momentum and a step learning-rate schedule, optional mixed precision,
-per-epoch CSV log, checkpoints, exact resume, and at the end the deck's per-class table and a
-confusion-matrix plot. :func:`evaluate` and :func:`measure_reconstruction_error` are usable on
-their own.
+a per-epoch CSV log, checkpoints with exact resume (:mod:`memprof.train.checkpoint`), and at
+the end the deck's per-class table and a confusion-matrix plot. The loop is cut into setup
+(:func:`_setup`), one epoch of training (:func:`_train_epoch`), evaluation
+(:func:`_evaluate_epoch`, with :mod:`memprof.train.evaluation`) and the final report.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import math
 import random
-import re
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +24,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..errors import UsageError, check_choice, check_positive_int
-from ..reporting import atomic_write_bytes, atomic_write_text, provenance
+from ..reports.files import atomic_write_text, provenance
 from ..units import format_bytes
-from .data import check_data_dir, load_datasets
+from ..validation import UsageError
+from .checkpoint import CHECKPOINT_FORMAT, capture_rng, restore_rng, save_checkpoint
+from .config import AmpMode, TrainConfig, check_train_config
+from .data import load_datasets
 from .distributed import (
     DistEnv,
     all_gather_objects,
@@ -43,107 +42,16 @@ from .distributed import (
     unwrap_model,
     wrap_model,
 )
+from .evaluation import broadcast_buffers, evaluate
+from .measurements import (
+    autocast_context,
+    measure_reconstruction_error,
+    read_peak_memory,
+    reset_peak_memory,
+)
 from .metrics import ClassificationReport, build_classification_report
 
-__all__ = [
-    "AmpMode",
-    "CHECKPOINT_FORMAT",
-    "EpochRecord",
-    "ReconstructionError",
-    "TrainConfig",
-    "TrainResult",
-    "autocast_context",
-    "check_train_config",
-    "evaluate",
-    "load_checkpoint",
-    "measure_reconstruction_error",
-    "read_peak_memory",
-    "reset_peak_memory",
-    "train",
-]
-
-CHECKPOINT_FORMAT = "memprof-train-checkpoint/1"
-
-
-class AmpMode(str, Enum):
-    """Mixed precision: off (float32), bf16 (CPU and CUDA autocast), fp16 (CUDA, with a GradScaler)."""
-
-    OFF = "off"
-    BF16 = "bf16"
-    FP16 = "fp16"
-
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass
-class TrainConfig:
-    """Everything :func:`train` needs. Defaults are the deck's recipe (Rev-VGG, CIFAR-10).
-
-    Attributes:
-        model: a name from ``memprof.models.list_models()``.
-        epochs: total epochs (a resumed run continues up to this number).
-        batch_size: the global batch; under DDP each of W ranks gets ``batch_size / W``.
-        lr: initial learning rate of SGD.
-        momentum: SGD momentum.
-        weight_decay: L2 penalty (the deck gives none; 5e-4 is the usual CIFAR choice).
-        lr_step: epochs between learning-rate decays (StepLR).
-        gamma: the decay factor.
-        data_dir: CIFAR-10 root (``cifar-10-batches-py/`` inside).
-        download: let torchvision download CIFAR-10 when absent.
-        synthetic: train on torchvision's FakeData instead (offline; accuracy is meaningless).
-        synthetic_size: training images of the synthetic set (test: a quarter, at least 10).
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: ``off``, ``bf16`` or ``fp16`` (CUDA only, with a gradient scaler).
-        reversible: run the model's reversible sequences reversibly (False: plain autograd).
-        checkpoint_every: save every N epochs (0: only at the end); the last epoch always saves.
-        resume: a checkpoint written by this function to continue from.
-        out_dir: where the log, checkpoints and report go.
-        limit_batches: stop each epoch's training and evaluation after N batches (quick runs).
-        num_workers: DataLoader worker processes.
-        seed: seeds the initialisation, the shuffling and the augmentation.
-        progress: show tqdm bars and a line per epoch (main rank only).
-        num_classes: classifier outputs.
-    """
-
-    model: str = "revvgg"
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_step: int = 50
-    gamma: float = 0.1
-    data_dir: str = "./data"
-    download: bool = True
-    synthetic: bool = False
-    synthetic_size: int = 512
-    device: str = "auto"
-    amp: str = "off"
-    reversible: bool = True
-    checkpoint_every: int = 0
-    resume: str | None = None
-    out_dir: str = "runs/train"
-    limit_batches: int | None = None
-    num_workers: int = 0
-    seed: int = 0
-    progress: bool = True
-    num_classes: int = 10
-
-
-@dataclass
-class ReconstructionError:
-    """How far a reversible sequence's rebuilt input is from the real one (worst sequence).
-
-    Attributes:
-        rel: ``||inverse(forward(x)) - x|| / ||x||`` (L2 norms over the whole batch).
-        max_abs: the largest absolute element error.
-        sequences: how many reversible sequences were measured.
-    """
-
-    rel: float
-    max_abs: float
-    sequences: int
+__all__ = ["EpochRecord", "TrainResult", "train"]
 
 
 @dataclass
@@ -210,351 +118,6 @@ class TrainResult:
     log_path: Path
     checkpoints: list[Path]
     report_paths: list[Path]
-
-
-# --------------------------------------------------------------------------- argument checks
-
-
-def _check_float(name: str, value: Any, *, low: float, low_open: bool, high: float | None = None,
-                 high_open: bool = True, allowed: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{name} must be a number ({allowed}), got {value!r}") from None
-    bad = (
-        not math.isfinite(v)
-        or (v <= low if low_open else v < low)
-        or (high is not None and (v >= high if high_open else v > high))
-    )
-    if bad:
-        raise UsageError(f"{name} must be {allowed}, got {value!r}")
-    return v
-
-
-def _known_models() -> list[str]:
-    from ..models import list_models
-
-    return list_models()
-
-
-def check_train_config(
-    config: TrainConfig, env: DistEnv | None = None, custom_model: bool = False
-) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """Check every argument before any work starts; load the resume checkpoint if any.
-
-    Args:
-        config: the requested configuration.
-        env: the distributed environment (for the batch-size split); detected when None.
-        custom_model: True when the caller passes its own model (the name is then a label).
-
-    Returns:
-        ``(config, checkpoint)``: the config with numbers normalised and the device resolved,
-        and the loaded resume checkpoint (None without ``resume``).
-
-    Raises:
-        UsageError: naming the bad value and the allowed ones: non-positive epochs, batch size,
-            learning rate, lr step; momentum outside [0, 1); negative weight decay; unknown
-            model, device or amp mode; CUDA asked for without a GPU; fp16 on the CPU; a global
-            batch not divisible by the number of ranks; missing data with download off; a
-            resume file that is missing, not a checkpoint, or from a different model.
-    """
-    env = env or detect_dist_env()
-    c = TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig)})
-    if not custom_model:
-        check_choice("model", c.model, _known_models())
-    c.epochs = check_positive_int("epochs", c.epochs)
-    c.batch_size = check_positive_int("batch size", c.batch_size)
-    c.lr = _check_float("learning rate", c.lr, low=0.0, low_open=True, allowed="a positive number")
-    c.momentum = _check_float("momentum", c.momentum, low=0.0, low_open=False, high=1.0,
-                              allowed="in [0, 1)")
-    c.weight_decay = _check_float("weight decay", c.weight_decay, low=0.0, low_open=False,
-                                  allowed="a number >= 0")
-    c.lr_step = check_positive_int("lr step", c.lr_step)
-    c.gamma = _check_float("gamma", c.gamma, low=0.0, low_open=True, high=1.0, high_open=False,
-                           allowed="in (0, 1]")
-    if isinstance(c.checkpoint_every, bool) or not isinstance(c.checkpoint_every, int) or c.checkpoint_every < 0:
-        raise UsageError(f"checkpoint every must be an integer >= 0 (0: only at the end), got {c.checkpoint_every!r}")
-    if c.limit_batches is not None:
-        c.limit_batches = check_positive_int("limit batches", c.limit_batches)
-    if isinstance(c.num_workers, bool) or not isinstance(c.num_workers, int) or c.num_workers < 0:
-        raise UsageError(f"num workers must be an integer >= 0, got {c.num_workers!r}")
-    c.synthetic_size = check_positive_int("synthetic size", c.synthetic_size)
-    c.num_classes = check_positive_int("num classes", c.num_classes)
-    c.amp = AmpMode(check_choice("amp mode", str(getattr(c.amp, "value", c.amp)), [m.value for m in AmpMode])).value
-    check_choice("device", c.device, DEVICES)
-    if c.device == "auto":
-        c.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif c.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' was asked for but no CUDA device is available; allowed here: cpu, auto")
-    if c.amp == AmpMode.FP16.value and c.device != "cuda":
-        raise UsageError("amp mode 'fp16' needs CUDA (float16 training uses a CUDA gradient scaler); on the CPU use: off, bf16")
-    if c.batch_size % env.world_size:
-        raise UsageError(
-            f"batch size {c.batch_size} (the global batch) is not divisible by the {env.world_size} "
-            f"processes; use a multiple of {env.world_size}"
-        )
-    if not c.synthetic:
-        check_data_dir(c.data_dir, c.download)
-    out = Path(c.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    ckpt = load_checkpoint(c.resume, c.model, c.num_classes) if c.resume is not None else None
-    return c, ckpt
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def load_checkpoint(path: str | Path, model: str | None = None, num_classes: int | None = None) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`train` and check that it belongs to ``model``.
-
-    Args:
-        path: the checkpoint file.
-        model: the model name it must have been written for (None: any).
-        num_classes: the classifier width it must have (None: any).
-
-    Returns:
-        The checkpoint dictionary (loaded with ``weights_only=True``).
-
-    Raises:
-        UsageError: when the file is missing, unreadable, not a memprof training checkpoint, or
-            written for a different model or number of classes.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"resume file {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise UsageError(f"resume file {p} is not a memprof training checkpoint ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"resume file {p} is not a memprof training checkpoint (expected format {CHECKPOINT_FORMAT})")
-    if model is not None and ckpt.get("model_name") != model:
-        raise UsageError(
-            f"resume file {p} was written for model {ckpt.get('model_name')!r}, not {model!r}; "
-            f"pass --model {ckpt.get('model_name')} or another checkpoint"
-        )
-    if num_classes is not None and ckpt.get("num_classes") != num_classes:
-        raise UsageError(f"resume file {p} has {ckpt.get('num_classes')} classes, not {num_classes}")
-    return ckpt
-
-
-def _capture_rng() -> dict[str, Any]:
-    import numpy as np
-
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "python": random.getstate(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-    }
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached"]))
-
-
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-# --------------------------------------------------------------------------- memory, precision
-
-
-def _read_hwm() -> int | None:
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    m = re.search(r"VmHWM:\s+(\d+) kB", text)
-    return int(m.group(1)) * 1024 if m else None
-
-
-# NOTE [ Peak memory per rank ]
-# CUDA: torch.cuda.max_memory_allocated, reset at the start of each epoch: the tensors this
-# rank's caching allocator handed out (not the allocator's reserve, not other processes).
-# CPU: there is no allocator counter, so we read the process's resident-set high-water mark
-# (VmHWM in /proc/self/status), which Linux lets a process reset by writing "5" to
-# /proc/self/clear_refs: the peak RSS within the epoch ("rss_epoch"). It includes everything the
-# process holds (Python, libraries, the dataset, the model): it is an upper bound on training
-# memory, not the activation memory that `memprof profile` isolates. Where the reset is not
-# allowed we fall back to getrusage's ru_maxrss, the peak since the process started ("rss_max").
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak-memory window for this process on ``device``."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def read_peak_memory(device: torch.device) -> tuple[int, str]:
-    """This process's peak memory since :func:`reset_peak_memory`, in bytes, and its source.
-
-    Returns:
-        ``(bytes, source)`` with source ``cuda_max_allocated``, ``rss_epoch`` or ``rss_max``.
-    """
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
-    hwm = _read_hwm()
-    if hwm is not None and Path("/proc/self/clear_refs").exists():
-        return hwm, "rss_epoch"
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "rss_max"
-
-
-def autocast_context(amp: str | AmpMode, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for the mode (bf16 or fp16) on ``device``'s type, or a null context."""
-    mode = AmpMode(getattr(amp, "value", amp))
-    if mode is AmpMode.OFF:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if mode is AmpMode.BF16 else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-# --------------------------------------------------------------------------- reconstruction
-
-
-# NOTE [ Measuring the reconstruction error ]
-# A reversible backward never sees the input of a sequence: it rebuilds it from the output,
-# exactly only in exact arithmetic. Under autocast F and G compute in bf16/fp16 and the rebuilt
-# input differs from the real one by their rounding, which can grow with depth. To measure what
-# training really does, we run one batch forward (no grad) with hooks that keep each
-# ReversibleSequence's input and output, then call the sequence's inverse on the output under
-# the same autocast state (the engine replays it in backward too, NOTE [ Autocast state during
-# recomputation ]) and with BatchNorm in the same mode: in training mode the BatchNorms use
-# batch statistics, as in the recomputation, and fold nothing into their running statistics
-# (frozen_batchnorm_stats, the engine's own switch). The RNG is forked so the measurement does
-# not shift the training's random stream.
-
-
-@contextlib.contextmanager
-def _frozen_stats(model: nn.Module) -> Iterator[None]:
-    from ..reversible._state import frozen_batchnorm_stats
-
-    with frozen_batchnorm_stats(model):
-        yield
-
-
-def measure_reconstruction_error(
-    model: nn.Module, x: torch.Tensor, amp: str | AmpMode = "off"
-) -> ReconstructionError | None:
-    """Rebuild every ReversibleSequence's input from its output and compare with the real input.
-
-    The model's mode (train/eval), parameters, buffers and the RNG stream are left unchanged.
-
-    Args:
-        model: a model containing :class:`memprof.reversible.ReversibleSequence` modules.
-        x: one input batch, on the model's device.
-        amp: the autocast mode to run (and invert) under.
-
-    Returns:
-        The worst :class:`ReconstructionError` over the sequences, or None when the model has
-        no reversible sequence.
-    """
-    from ..reversible import ReversibleSequence
-
-    seqs = [m for m in unwrap_model(model).modules() if isinstance(m, ReversibleSequence) and len(m)]
-    if not seqs:
-        return None
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        captured[id(mod)] = (inputs[0].detach(), output.detach())
-
-    handles = [s.register_forward_hook(hook) for s in seqs]
-    ctx = autocast_context(amp, x.device)
-    devices = [x.device] if x.is_cuda else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), _frozen_stats(model):
-            with ctx:
-                unwrap_model(model)(x)
-            worst_rel, worst_abs = 0.0, 0.0
-            for s in seqs:
-                if id(s) not in captured:
-                    continue
-                x_in, y = captured[id(s)]
-                with ctx:
-                    x_rec = s.inverse(y)
-                diff = (x_rec.double() - x_in.double())
-                rel = float(diff.norm() / x_in.double().norm().clamp(min=1e-30))
-                worst_rel = max(worst_rel, rel)
-                worst_abs = max(worst_abs, float(diff.abs().max()))
-    finally:
-        for h in handles:
-            h.remove()
-    return ReconstructionError(worst_rel, worst_abs, len(captured))
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    amp: str | AmpMode = "off",
-    limit_batches: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Predict every batch of ``loader`` in eval mode (this rank's share only).
-
-    Args:
-        model: the (unwrapped) model; its train/eval mode is restored afterwards.
-        loader: the evaluation loader.
-        device: where to compute.
-        amp: autocast mode.
-        limit_batches: stop after this many batches.
-
-    Returns:
-        ``(targets, predictions, loss_sum)`` with the labels on the CPU and the summed loss.
-    """
-    was_training = model.training
-    model.eval()
-    targets, preds = [], []
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    try:
-        for i, (xb, yb) in enumerate(loader):
-            if limit_batches is not None and i >= limit_batches:
-                break
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            with autocast_context(amp, device):
-                out = model(xb)
-            loss_sum += nn.functional.cross_entropy(out.float(), yb, reduction="sum").double()
-            targets.append(yb.cpu())
-            preds.append(out.argmax(dim=1).cpu())
-    finally:
-        model.train(was_training)
-    cat = (lambda ts: torch.cat(ts) if ts else torch.zeros(0, dtype=torch.long))
-    return cat(targets), cat(preds), float(loss_sum)
-
-
-def _broadcast_buffers(model: nn.Module) -> None:
-    """Give every rank rank 0's buffers (BatchNorm running statistics) before evaluating.
-
-    Under DDP each rank folds its own last batch into its running statistics after the buffers
-    were broadcast at the start of that forward; evaluation and checkpoints use rank 0's.
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for b in model.buffers():
-            dist.broadcast(b, src=0)
 
 
 # --------------------------------------------------------------------------- the log
@@ -628,6 +191,170 @@ def train(
             shutdown_distributed()
 
 
+@dataclass
+class _Run:
+    """Everything one training job holds between its phases (built by :func:`_setup`)."""
+
+    c: TrainConfig
+    env: DistEnv
+    device: torch.device
+    model: nn.Module
+    ddp_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    train_loader: DataLoader
+    test_loader: DataLoader
+    train_sampler: Any
+    n_train: int
+    classes: list[str]
+    synthetic: bool
+    start_epoch: int
+    log: Callable[[str], None]
+    show: bool
+
+
+def _resume(c: TrainConfig, env: DistEnv, ckpt: dict[str, Any], model: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> int:
+    """Load a checkpoint's states (and this rank's RNG state); returns the epochs already done."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UsageError(f"resume file {c.resume} does not fit model {c.model!r}: {str(exc).splitlines()[0]}") from None
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt["rng"]
+    restore_rng(rng[env.rank] if len(rng) == env.world_size else rng[0])
+    return int(ckpt["epoch"])
+
+
+def _setup(c: TrainConfig, ckpt: dict[str, Any] | None, env: DistEnv, device: torch.device,
+           model: nn.Module | None, log: Callable[[str], None] | None) -> _Run:
+    """Data (rank 0 first, so that a download happens once), model, optimizer, schedule, loaders."""
+    from tqdm.auto import tqdm
+
+    show = c.progress and env.is_main
+    if not env.is_main:
+        barrier()
+    data = load_datasets(c.data_dir, synthetic=c.synthetic, download=c.download, synthetic_size=c.synthetic_size)
+    if env.is_main:
+        barrier()
+    torch.manual_seed(c.seed)
+    model = (model if model is not None else _build_model(c)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=c.lr_step, gamma=c.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=c.amp == AmpMode.FP16.value)
+    start_epoch = _resume(c, env, ckpt, model, optimizer, scheduler, scaler) if ckpt is not None else 0
+    if ckpt is None:
+        # Each rank augments with its own stream (rank 0's equals the single-process one).
+        torch.manual_seed(c.seed + env.rank)
+        random.seed(c.seed + env.rank)
+    ddp_model = wrap_model(model, env, device)
+    per_rank = c.batch_size // env.world_size
+    train_sampler = build_sampler(data.train, env, shuffle=True, seed=c.seed)
+    test_sampler = build_sampler(data.test, env, shuffle=False, seed=c.seed)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(data.train, batch_size=per_rank, sampler=train_sampler,
+                              num_workers=c.num_workers, pin_memory=pin)
+    test_loader = DataLoader(data.test, batch_size=per_rank, sampler=test_sampler,
+                             num_workers=c.num_workers, pin_memory=pin)
+    return _Run(
+        c, env, device, model, ddp_model, optimizer, scheduler, scaler, train_loader, test_loader, train_sampler,
+        len(train_loader) if c.limit_batches is None else min(len(train_loader), c.limit_batches),
+        list(data.classes), data.synthetic, start_epoch,
+        log if log is not None else (tqdm.write if show else (lambda s: None)), show,
+    )
+
+
+@dataclass
+class _EpochStats:
+    """One epoch's training figures on this rank, before they are gathered."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: torch.Tensor
+    step_time: float = 0.0
+    steps: int = 0
+    last_x: torch.Tensor | None = None
+
+
+def _train_epoch(run: _Run, epoch: int, criterion: nn.Module) -> _EpochStats:
+    """One epoch of training steps (the learning rate is stepped by the caller)."""
+    from tqdm.auto import tqdm
+
+    c, device, optimizer, scaler = run.c, run.device, run.optimizer, run.scaler
+    zero = (lambda dtype: torch.zeros((), dtype=dtype, device=device))
+    st = _EpochStats(zero(torch.float64), zero(torch.int64), zero(torch.int64))
+    lr = optimizer.param_groups[0]["lr"]
+    bar = tqdm(total=run.n_train, desc=f"epoch {epoch + 1}/{c.epochs}", disable=not run.show,
+               leave=False, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for i, (xb, yb) in enumerate(run.train_loader):
+            if c.limit_batches is not None and i >= c.limit_batches:
+                break
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            t0 = time.perf_counter()
+            with autocast_context(c.amp, device):
+                out = run.ddp_model(xb)
+                loss = criterion(out.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            st.step_time += time.perf_counter() - t0
+            st.steps += 1
+            st.loss_sum += loss.detach().double() * yb.numel()
+            st.correct += (out.detach().argmax(dim=1) == yb).sum()
+            st.seen += yb.numel()
+            st.last_x = xb
+            bar.update(1)
+            if run.show and (i % 10 == 0 or i == run.n_train - 1):
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.4g}")
+    finally:
+        bar.close()
+    return st
+
+
+def _evaluate_all(run: _Run) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Every rank's predictions on the test set, gathered: (targets, predictions, mean loss)."""
+    broadcast_buffers(run.model)
+    targets, preds, loss_sum = evaluate(run.model, run.test_loader, run.device, run.c.amp, run.c.limit_batches)
+    gathered = all_gather_objects((targets, preds, loss_sum))
+    targets = torch.cat([g[0] for g in gathered])
+    preds = torch.cat([g[1] for g in gathered])
+    return targets, preds, sum(g[2] for g in gathered) / max(1, targets.numel())
+
+
+def _evaluate_epoch(run: _Run, epoch: int, lr: float, st: _EpochStats, epoch_time: float
+                    ) -> tuple[EpochRecord, tuple[torch.Tensor, torch.Tensor]]:
+    """After an epoch: reconstruction error, test accuracy, and every rank's figures gathered."""
+    recon = measure_reconstruction_error(run.model, st.last_x, run.c.amp) if st.last_x is not None else None
+    recon = max((r for r in all_gather_objects(recon) if r is not None), key=lambda r: r.rel, default=None)
+    targets, preds, test_loss = _evaluate_all(run)
+    totals = all_reduce_sum(torch.stack([st.loss_sum, st.correct.double(), st.seen.double()]))
+    peaks = all_gather_objects(read_peak_memory(run.device))
+    step_times = all_gather_objects(st.step_time / max(1, st.steps))
+    record = EpochRecord(
+        epoch=epoch + 1,
+        loss=float(totals[0] / totals[2].clamp(min=1)),
+        train_acc=float(totals[1] / totals[2].clamp(min=1)),
+        test_loss=float(test_loss),
+        test_acc=float((targets == preds).double().mean()) if targets.numel() else 0.0,
+        lr=float(lr),
+        step_time_s=max(step_times),
+        epoch_time_s=epoch_time,
+        steps=st.steps,
+        recon_rel_err=None if recon is None else recon.rel,
+        recon_max_abs_err=None if recon is None else recon.max_abs,
+        peak_mem_source=peaks[0][1],
+        peak_mem_bytes=[p[0] for p in peaks],
+    )
+    return record, (targets, preds)
+
+
 def _train(
     c: TrainConfig,
     ckpt: dict[str, Any] | None,
@@ -637,171 +364,63 @@ def _train(
     command: str | None,
     log: Callable[[str], None] | None,
 ) -> TrainResult:
-    from tqdm.auto import tqdm
-
+    """Setup, the epochs (train, then evaluate), checkpoints, and the final report."""
+    run = _setup(c, ckpt, env, device, model, log)
     main = env.is_main
-    show = c.progress and main
-    if log is None:
-        log = tqdm.write if show else (lambda s: None)
     out_dir = Path(c.out_dir)
     log_path = out_dir / "train_log.csv"
-
-    # Data: rank 0 first, so that a download happens once.
-    if not main:
-        barrier()
-    data = load_datasets(c.data_dir, synthetic=c.synthetic, download=c.download, synthetic_size=c.synthetic_size)
-    if main:
-        barrier()
-
-    torch.manual_seed(c.seed)
-    if model is None:
-        model = _build_model(c)
-    model = model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=c.lr_step, gamma=c.gamma)
-    scaler = torch.amp.GradScaler("cuda", enabled=c.amp == AmpMode.FP16.value)
-    start_epoch = 0
-    if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise UsageError(f"resume file {c.resume} does not fit model {c.model!r}: {str(exc).splitlines()[0]}") from None
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch = int(ckpt["epoch"])
-        rng = ckpt["rng"]
-        _restore_rng(rng[env.rank] if len(rng) == env.world_size else rng[0])
-    else:
-        # Each rank augments with its own stream (rank 0's equals the single-process one).
-        torch.manual_seed(c.seed + env.rank)
-        random.seed(c.seed + env.rank)
-    ddp_model = wrap_model(model, env, device)
-
-    per_rank = c.batch_size // env.world_size
-    train_sampler = build_sampler(data.train, env, shuffle=True, seed=c.seed)
-    test_sampler = build_sampler(data.test, env, shuffle=False, seed=c.seed)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(data.train, batch_size=per_rank, sampler=train_sampler,
-                              num_workers=c.num_workers, pin_memory=pin)
-    test_loader = DataLoader(data.test, batch_size=per_rank, sampler=test_sampler,
-                             num_workers=c.num_workers, pin_memory=pin)
-    n_train = len(train_loader) if c.limit_batches is None else min(len(train_loader), c.limit_batches)
-
     history: list[EpochRecord] = []
     checkpoints: list[Path] = []
-    rows = _read_log(log_path, start_epoch) if (main and ckpt is not None) else []
+    rows = _read_log(log_path, run.start_epoch) if (main and ckpt is not None) else []
     criterion = nn.CrossEntropyLoss()
     last_eval: tuple[torch.Tensor, torch.Tensor] | None = None
-    if main and start_epoch >= c.epochs:
-        log(f"checkpoint {c.resume} has {start_epoch} epochs already (--epochs {c.epochs}): evaluating only")
-
-    for epoch in range(start_epoch, c.epochs):
-        train_sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-        ddp_model.train()
+    if main and run.start_epoch >= c.epochs:
+        run.log(f"checkpoint {c.resume} has {run.start_epoch} epochs already (--epochs {c.epochs}): evaluating only")
+    for epoch in range(run.start_epoch, c.epochs):
+        run.train_sampler.set_epoch(epoch)
+        run.ddp_model.train()
         reset_peak_memory(device)
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = torch.zeros((), dtype=torch.int64, device=device)
-        step_time = 0.0
-        steps = 0
-        last_x: torch.Tensor | None = None
+        lr = run.optimizer.param_groups[0]["lr"]
         t_epoch = time.perf_counter()
-        bar = tqdm(total=n_train, desc=f"epoch {epoch + 1}/{c.epochs}", disable=not show,
-                   leave=False, file=sys.stderr, dynamic_ncols=True)
-        try:
-            for i, (xb, yb) in enumerate(train_loader):
-                if c.limit_batches is not None and i >= c.limit_batches:
-                    break
-                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-                t0 = time.perf_counter()
-                with autocast_context(c.amp, device):
-                    out = ddp_model(xb)
-                    loss = criterion(out.float(), yb)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                step_time += time.perf_counter() - t0
-                steps += 1
-                loss_sum += loss.detach().double() * yb.numel()
-                correct += (out.detach().argmax(dim=1) == yb).sum()
-                seen += yb.numel()
-                last_x = xb
-                bar.update(1)
-                if show and (i % 10 == 0 or i == n_train - 1):
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.4g}")
-        finally:
-            bar.close()
-        scheduler.step()
-        epoch_time = time.perf_counter() - t_epoch
-
-        recon = measure_reconstruction_error(model, last_x, c.amp) if last_x is not None else None
-        recons = all_gather_objects(recon)
-        recon = max((r for r in recons if r is not None), key=lambda r: r.rel, default=None)
-
-        _broadcast_buffers(model)
-        targets, preds, test_loss = evaluate(model, test_loader, device, c.amp, c.limit_batches)
-        gathered = all_gather_objects((targets, preds, test_loss))
-        targets = torch.cat([g[0] for g in gathered])
-        preds = torch.cat([g[1] for g in gathered])
-        test_loss = sum(g[2] for g in gathered) / max(1, targets.numel())
-        last_eval = (targets, preds)
-
-        totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), seen.double()]))
-        peaks = all_gather_objects(read_peak_memory(device))
-        step_times = all_gather_objects(step_time / max(1, steps))
-        record = EpochRecord(
-            epoch=epoch + 1,
-            loss=float(totals[0] / totals[2].clamp(min=1)),
-            train_acc=float(totals[1] / totals[2].clamp(min=1)),
-            test_loss=float(test_loss),
-            test_acc=float((targets == preds).double().mean()) if targets.numel() else 0.0,
-            lr=float(lr),
-            step_time_s=max(step_times),
-            epoch_time_s=epoch_time,
-            steps=steps,
-            recon_rel_err=None if recon is None else recon.rel,
-            recon_max_abs_err=None if recon is None else recon.max_abs,
-            peak_mem_source=peaks[0][1],
-            peak_mem_bytes=[p[0] for p in peaks],
-        )
+        stats = _train_epoch(run, epoch, criterion)
+        run.scheduler.step()
+        record, last_eval = _evaluate_epoch(run, epoch, lr, stats, time.perf_counter() - t_epoch)
         history.append(record)
         if main:
             rows.append(record.to_row())
             _write_log(log_path, rows)
-            log(_describe_epoch(record, c.epochs))
-
+            run.log(_describe_epoch(record, c.epochs))
         done = epoch + 1
         if (c.checkpoint_every and done % c.checkpoint_every == 0) or done == c.epochs:
-            path = _checkpoint(out_dir, done, c, model, optimizer, scheduler, scaler, env)
+            path = _checkpoint(out_dir, done, c, run.model, run.optimizer, run.scheduler, run.scaler, env)
             if path is not None:
                 checkpoints.append(path)
-
     if last_eval is None:  # nothing left to train: evaluate the resumed model
-        _broadcast_buffers(model)
-        targets, preds, _ = evaluate(model, test_loader, device, c.amp, c.limit_batches)
-        gathered = all_gather_objects((targets, preds, 0.0))
-        last_eval = (torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered]))
-    report = build_classification_report(last_eval[0], last_eval[1], data.classes[: c.num_classes]
-                                         if len(data.classes) >= c.num_classes else c.num_classes)
-    report_paths: list[Path] = []
-    if main:
-        header = provenance(command or f"memprof.train.train(model={c.model!r})")
-        note = " (synthetic data: FakeData, random labels; the accuracy means nothing)" if data.synthetic else ""
-        header += f"\nModel {c.model}, {len(last_eval[0])} test images{note}."
-        report_paths = report.write(out_dir / "report", header=header)
+        targets, preds, _ = _evaluate_all(run)
+        last_eval = (targets, preds)
+    report, report_paths = _final_report(run, last_eval, command)
     barrier()
-    return TrainResult(history, report, model, out_dir, log_path, checkpoints, report_paths)
+    return TrainResult(history, report, run.model, out_dir, log_path, checkpoints, report_paths)
+
+
+def _final_report(run: _Run, last_eval: tuple[torch.Tensor, torch.Tensor], command: str | None
+                  ) -> tuple[ClassificationReport, list[Path]]:
+    """The deck's per-class table of the last evaluation; rank 0 writes it under OUT/report."""
+    c = run.c
+    names = run.classes[: c.num_classes] if len(run.classes) >= c.num_classes else c.num_classes
+    report = build_classification_report(last_eval[0], last_eval[1], names)
+    if not run.env.is_main:
+        return report, []
+    header = provenance(command or f"memprof.train.train(model={c.model!r})")
+    note = " (synthetic data: FakeData, random labels; the accuracy means nothing)" if run.synthetic else ""
+    header += f"\nModel {c.model}, {len(last_eval[0])} test images{note}."
+    return report, report.write(Path(c.out_dir) / "report", header=header)
 
 
 def _checkpoint(out: Path, done: int, c: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scheduler: Any, scaler: Any, env: DistEnv) -> Path | None:
     """Save after ``done`` epochs (rank 0 writes; every rank contributes its RNG state)."""
-    rng = all_gather_objects(_capture_rng())
+    rng = all_gather_objects(capture_rng())
     if not env.is_main:
         return None
     config = {k: v for k, v in asdict(c).items() if isinstance(v, (int, float, str, bool)) or v is None}
@@ -818,7 +437,7 @@ def _checkpoint(out: Path, done: int, c: TrainConfig, model: nn.Module, optimize
         "rng": rng,
         "config": config,
     }
-    return _save_checkpoint(out / "checkpoints" / f"epoch{done:04d}.pt", payload)
+    return save_checkpoint(out / "checkpoints" / f"epoch{done:04d}.pt", payload)
 
 
 def _describe_epoch(r: EpochRecord, epochs: int) -> str:

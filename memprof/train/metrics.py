@@ -8,16 +8,17 @@ DataFrame, CSV, markdown or JSON, and as a confusion-matrix plot.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..reporting import atomic_write_bytes, atomic_write_text
+from ..rendering.result import Result
+from ..reports.files import atomic_write_bytes, atomic_write_text, figure_png
+from ..vocabulary import Format
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -63,8 +64,11 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class ClassificationReport:
+class ClassificationReport(Result):
     """Per-class precision/recall/F1/support and overall accuracy, from a confusion matrix.
+
+    Follows the result protocol: ``to_dataframe()``, ``to_json()``, ``render(format)`` (text in
+    the deck's layout, Markdown, CSV, JSON) and ``plot(path)`` (the confusion matrix).
 
     Attributes:
         confusion: ``C[true, predicted]`` counts (int64, K x K).
@@ -150,8 +154,8 @@ class ClassificationReport:
         lines += ["", f"classes: {legend}"]
         return "\n".join(lines) + "\n"
 
-    def __str__(self) -> str:
-        return self.to_text()
+    def _render(self, fmt: Format, **options: Any) -> str:
+        return self.to_text(**options) if fmt is Format.TEXT else self.to_markdown(**options) + "\n"
 
     def to_dataframe(self) -> pd.DataFrame:
         """The rows of :meth:`to_rows` as a pandas DataFrame indexed by label."""
@@ -175,17 +179,17 @@ class ClassificationReport:
             indent=2,
         )
 
-    def plot(self, path: str | Path | None = None, title: str = "Confusion matrix") -> bytes:
-        """Render the confusion matrix (row-normalised colours, counts written in the cells) as PNG.
+    def plot(self, path: str | Path | None = None, title: str = "Confusion matrix") -> Any:
+        """The confusion matrix (row-normalised colours, counts written in the cells).
 
-        Uses matplotlib's Agg canvas directly (no pyplot, no global backend switch).
+        A ``matplotlib.figure.Figure`` on matplotlib's Agg canvas (no pyplot, no global backend switch).
 
         Args:
-            path: where to write the PNG (atomically); None to only return it.
+            path: where to write it as PNG (atomically); None to only return the figure.
             title: the figure title.
 
         Returns:
-            The PNG bytes.
+            The Figure.
         """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -209,12 +213,9 @@ class ClassificationReport:
                 ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=6,
                         color="white" if float(rates[i, j]) > 0.5 else "black")
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        data = buf.getvalue()
         if path is not None:
-            atomic_write_bytes(path, data)
-        return data
+            atomic_write_bytes(path, figure_png(fig, dpi=fig.dpi))
+        return fig
 
     def write(self, out_dir: str | Path, header: str | None = None) -> list[Path]:
         """Write ``classification_report.txt``, ``.csv``, ``.json`` and ``confusion_matrix.png``.

@@ -1,6 +1,6 @@
 """``reports/memory.md``: whole-step memory of vgg19, revvgg and irevvgg, measured side by side.
 
-Run by ``memprof report`` (registered as ``memory`` in :data:`memprof.reporting.REPORTS`).
+Run by ``memprof report`` (registered as ``memory`` in :data:`memprof.reports.REPORTS`).
 Everything is measured in one process, one model after another, on one intra-op thread (on a
 shared machine two OpenMP threads make timings swing tenfold). Byte figures are deterministic:
 the attributed ones equal the FakeTensorMode estimate byte for byte, and they are also written
@@ -17,51 +17,45 @@ from typing import Any
 
 import torch
 
+from ..api.step import profile_step
 from ..recording.allocations import conv_backward_scratch
+from ..recording.estimate import NOT_MODELLED_CUDA
+from ..recording.runner import StepSetup, make_optimizer, targets_for, time_steps, warm_up
 from ..recording.threads import one_thread
 from ..units import format_bytes
+from ..vocabulary import Category
+from .files import atomic_write_text, provenance
 
 __all__ = ["BATCH_SIZE", "GAP_BOUND", "MODELS", "TARGETS", "deterministic_figures", "write_memory_report"]
 
 BATCH_SIZE = 128
 MODELS = ("vgg19", "revvgg", "irevvgg")
-#: issue 4's targets: activation peak relative to vgg19's, and step time relative to the twin.
+#: targets the reversible models are held to: activation peak relative to vgg19's, and step
+#: time relative to the same architecture built with reversible=False (the twin).
 TARGETS = {"revvgg": (0.40, 1.4), "irevvgg": (0.17, 1.4)}
 #: The deck's figures ("MB" in the deck; the numbers are MiB). Seed, not memprof output.
 SEED = {"vgg19": {"activation_mib": 311.75, "param_mib": 78.45},
         "revvgg": {"activation_mib": 51.50, "param_mib": 79.43}}
-#: issue 4's bound on the unattributed gap, as a share of the measured peak.
+#: the bound on the unattributed gap (memory no tensor owns), as a share of the measured peak.
 GAP_BOUND = 0.03
 TIMING_REPEATS = 3
 #: convolutions (in channels, out channels, size) whose backward scratch the report measures
 SCRATCH_SHAPES = ((64, 64, 16), (64, 64, 32))
-CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries", "inputs", "unattributed")
+CATEGORIES = tuple(c.value for c in Category)
 
 
 def _plain_step_times(models: dict[str, torch.nn.Module], repeats: int) -> dict[str, Any]:
-    """Fastest of ``repeats`` plain steps per model (and its phases), models interleaved by round."""
-    from .step import _targets_for, _warm_up, make_optimizer, run_step
-
-    state = {}
+    """Fastest of ``repeats`` plain steps per model (and its phases), in CPU time, models interleaved by round."""
+    setups = {}
     for name, model in models.items():
         model.train()
         x = torch.randn(BATCH_SIZE, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         opt = make_optimizer("sgd", model.parameters())
-        targets = _warm_up(model, opt, x, _targets_for(BATCH_SIZE, torch.device("cpu"), 0))
-        state[name] = (model, opt, x, targets)
-    times: dict[str, list[float]] = {n: [] for n in models}
-    phases: dict[str, dict[str, float]] = {n: {} for n in models}
-    for _ in range(repeats):
-        for name, (model, opt, x, targets) in state.items():
-            split: dict[str, float] = {}
-            t0 = time.process_time()
-            run_step(model, opt, x, targets, phase_times=split)
-            times[name].append(time.process_time() - t0)
-            for ph, t in split.items():
-                phases[name][ph] = min(phases[name].get(ph, t), t)
-            opt.zero_grad(set_to_none=True)
-    out: dict[str, Any] = {n: min(v) for n, v in times.items()}
-    out["phases"] = phases
+        targets = warm_up(model, opt, x, targets_for(BATCH_SIZE, torch.device("cpu"), 0))
+        setups[name] = StepSetup(model, opt, x, targets)
+    times = time_steps(setups, repeats, clock=time.process_time, phases=True)
+    out: dict[str, Any] = {n: min(t.rounds) for n, t in times.items()}
+    out["phases"] = {n: t.phases for n, t in times.items()}
     return out
 
 
@@ -85,8 +79,6 @@ def write_memory_report(out_dir: Path) -> list[Path]:
         The paths written.
     """
     from ..models import get_model
-    from ..reporting import atomic_write_text
-    from .step import profile_step
 
     with one_thread():
         profiles = {}
@@ -114,14 +106,15 @@ def write_memory_report(out_dir: Path) -> list[Path]:
     ]
 
 
-def _render(profiles: dict[str, Any], times: dict[str, float], scratch: dict[tuple[int, int, int], Any]) -> str:
+def _table(rows: list[list[Any]], headers: list[str]) -> str:
     from tabulate import tabulate
 
-    from ..recording.estimate import NOT_MODELLED_CUDA
-    from ..reporting import provenance
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
-    base = profiles["vgg19"]
-    lines = [
+
+def _intro() -> list[str]:
+    """Title and what every figure means."""
+    return [
         provenance("memprof report memory"),
         "",
         "# Whole-step memory: VGG-19, Rev-VGG and i-Rev-VGG at batch 128",
@@ -137,9 +130,12 @@ def _render(profiles: dict[str, Any], times: dict[str, float], scratch: dict[tup
         f"{TIMING_REPEATS} plain (uninstrumented) steps, in CPU time of the process (on a shared "
         "machine wall time swings with other processes' load; CPU time on one thread does much less).",
         "",
-        "## Side by side (measured)",
-        "",
     ]
+
+
+def _side_by_side(profiles: dict[str, Any], times: dict[str, Any]) -> list[str]:
+    """Peaks and step times of every model against vgg19's."""
+    base = profiles["vgg19"]
     rows = []
     for name, p in profiles.items():
         rows.append([
@@ -148,10 +144,13 @@ def _render(profiles: dict[str, Any], times: dict[str, float], scratch: dict[tup
             _mib(p.activation_peak_bytes), f"{p.activation_peak_bytes / base.activation_peak_bytes:.3f}",
             f"{times[name] / times['vgg19']:.2f}",
         ])
-    lines.append(tabulate(rows, headers=["model", "peak", "peak / vgg19", "activation peak",
-                                         "act. peak / vgg19", "step time / vgg19"],
-                          tablefmt="github", disable_numparse=True))
-    lines += ["", "## Breakdown at the peak (measured)", ""]
+    return ["## Side by side (measured)", "",
+            _table(rows, ["model", "peak", "peak / vgg19", "activation peak", "act. peak / vgg19",
+                          "step time / vgg19"])]
+
+
+def _breakdown(profiles: dict[str, Any]) -> list[str]:
+    """Every category's bytes at each model's peak, and the phase the peak falls in."""
     rows = []
     for cat in CATEGORIES:
         row = [cat]
@@ -160,40 +159,42 @@ def _render(profiles: dict[str, Any], times: dict[str, float], scratch: dict[tup
         rows.append(row)
     rows.append(["total"] + sum(([_mib(sum(p.at_peak.values())), "100.0%"] for p in profiles.values()), []))
     headers = ["category"] + sum(([n, "share"] for n in profiles), [])
-    lines.append(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
-    lines += [
-        "",
+    return [
+        "", "## Breakdown at the peak (measured)", "", _table(rows, headers), "",
         "Phase of the peak: " + "; ".join(
             f"{n}: {_phase_of(p, 'total')} (activation peak in {_phase_of(p, 'activations')})"
             for n, p in profiles.items()) + ".",
         "",
-        "## Targets",
-        "",
     ]
+
+
+def _targets(profiles: dict[str, Any], times: dict[str, Any]) -> list[str]:
+    """The reversible models against their targets (activation peak, step time against the twin)."""
+    base = profiles["vgg19"]
     rows = []
     for name, (act_target, time_target) in TARGETS.items():
         p = profiles[name]
         act = p.activation_peak_bytes / base.activation_peak_bytes
-        twin = times[f"{name} (reversible=False)"]
-        t = times[name] / twin
+        t = times[name] / times[f"{name} (reversible=False)"]
         rows.append([
             name, f"{act:.3f}", f"<= {act_target:.2f}", "met" if act <= act_target else f"missed by {act - act_target:.3f}",
             f"{t:.2f}", f"<= {time_target:.1f}", "met" if t <= time_target else f"missed by {t - time_target:.2f}",
         ])
-    lines.append(tabulate(rows, headers=["model", "act. peak / vgg19", "target", "", "step time / twin",
-                                         "target", ""], tablefmt="github", disable_numparse=True))
-    lines += ["", "The unattributed gap at the peak (memory no tensor owns), against the bound of "
-              f"{100 * GAP_BOUND:.0f}% of the peak:", ""]
+    return ["## Targets", "",
+            _table(rows, ["model", "act. peak / vgg19", "target", "", "step time / twin", "target", ""])]
+
+
+def _gap(profiles: dict[str, Any], scratch: dict[tuple[int, int, int], Any]) -> list[str]:
+    """The unattributed gap against its bound, and the convolution scratch that explains it."""
     rows = []
     for name, p in profiles.items():
         gap = p.at_peak["unattributed"] / p.peak_bytes
-        op = _peak_op(p)
         rows.append([name, _mib(p.at_peak["unattributed"]), f"{100 * gap:.1f}%", f"<= {100 * GAP_BOUND:.0f}%",
-                     "met" if gap <= GAP_BOUND else f"missed by {100 * (gap - GAP_BOUND):.1f} points", op])
-    lines.append(tabulate(rows, headers=["model", "unattributed", "share of peak", "bound", "",
-                                         "outermost op at the allocator peak"],
-                          tablefmt="github", disable_numparse=True))
-    lines += [
+                     "met" if gap <= GAP_BOUND else f"missed by {100 * (gap - GAP_BOUND):.1f} points", _peak_op(p)])
+    return [
+        "", "The unattributed gap at the peak (memory no tensor owns), against the bound of "
+        f"{100 * GAP_BOUND:.0f}% of the peak:", "",
+        _table(rows, ["model", "unattributed", "share of peak", "bound", "", "outermost op at the allocator peak"]),
         "",
         "On the CPU this gap is scratch that oneDNN allocates inside `aten::convolution_backward`: "
         "it reorders the layer's input and its output gradient into a blocked layout, buffers that no "
@@ -206,7 +207,11 @@ def _render(profiles: dict[str, Any], times: dict[str, float], scratch: dict[tup
         "inside such a backward, the gap is that scratch, and the smaller a model's own peak, the "
         "larger its share. It is measured, shown as its own category, and not attributed to any tensor.",
     ]
-    lines += [
+
+
+def _twin_phases(times: dict[str, Any]) -> list[str]:
+    """Per-phase time ratios of each reversible model to its plain-autograd twin."""
+    return [
         "",
         "The twin is the same architecture built with `reversible=False` (ordinary autograd, same "
         "weights), timed in the same run. Per phase (fastest of the runs, reversible / twin): "
@@ -221,6 +226,12 @@ def _render(profiles: dict[str, Any], times: dict[str, float], scratch: dict[tup
         "reversible part) and splits, concatenates and subtracts halves; where the step-time target "
         "is missed, the backward ratio above shows it is that recomputation.",
         "",
+    ]
+
+
+def _holders(profiles: dict[str, Any]) -> list[str]:
+    """The largest holders at each model's activation peak, and what they say about the targets."""
+    lines = [
         "## What holds the activation peak",
         "",
         "The largest holders at each model's activation peak (module that allocated the storage; "
@@ -230,38 +241,42 @@ def _render(profiles: dict[str, Any], times: dict[str, float], scratch: dict[tup
     for name, p in profiles.items():
         rows = [[h["category"], h["module"], _mib(h["bytes"])] for h in p.activation_peak_holders[:8]]
         lines += [f"**{name}** (activation peak {_mib(p.activation_peak_bytes)}):", "",
-                  tabulate(rows, headers=["category", "module", "bytes"], tablefmt="github",
-                           disable_numparse=True), ""]
-    lines += _explain(profiles)
+                  _table(rows, ["category", "module", "bytes"]), ""]
+    return lines + _explain(profiles)
+
+
+def _deck_contrast(profiles: dict[str, Any]) -> list[str]:
+    """The deck's activation figures beside the saved-bytes peak and the activation peak."""
     v_seed, r_seed = SEED["vgg19"]["activation_mib"], SEED["revvgg"]["activation_mib"]
-    lines += [
+    saved = {n: _saved_peak(p) for n, p in profiles.items()}
+    act = {n: p.activation_peak_bytes for n, p in profiles.items()}
+    rows = [
+        ["vgg19", f"{v_seed:.2f} MiB", _mib(saved["vgg19"]), _mib(act["vgg19"])],
+        ["revvgg", f"{r_seed:.2f} MiB", _mib(saved["revvgg"]), _mib(act["revvgg"])],
+        ["irevvgg", "(none)", _mib(saved["irevvgg"]), _mib(act["irevvgg"])],
+        ["revvgg / vgg19", f"{r_seed / v_seed:.3f} (\"83.4% saved\")",
+         f"{saved['revvgg'] / saved['vgg19']:.3f}", f"{act['revvgg'] / act['vgg19']:.3f}"],
+        ["irevvgg / vgg19", "(none)", f"{saved['irevvgg'] / saved['vgg19']:.3f}", f"{act['irevvgg'] / act['vgg19']:.3f}"],
+    ]
+    return [
         "## The deck's convention, for contrast",
         "",
         "The deck counts, per sample, the output elements of each convolution, batch norm, pooling and "
         "linear layer, times 4 bytes and 128 samples, and a reversible block as zero. It writes MB; "
         "the figures are MiB.",
         "",
-        tabulate([
-            ["vgg19", f"{v_seed:.2f} MiB", _mib(_saved_peak(profiles['vgg19'])),
-             _mib(profiles['vgg19'].activation_peak_bytes)],
-            ["revvgg", f"{r_seed:.2f} MiB", _mib(_saved_peak(profiles['revvgg'])),
-             _mib(profiles['revvgg'].activation_peak_bytes)],
-            ["irevvgg", "(none)", _mib(_saved_peak(profiles['irevvgg'])),
-             _mib(profiles['irevvgg'].activation_peak_bytes)],
-            ["revvgg / vgg19", f"{r_seed / v_seed:.3f} (\"83.4% saved\")",
-             f"{_saved_peak(profiles['revvgg']) / _saved_peak(profiles['vgg19']):.3f}",
-             f"{profiles['revvgg'].activation_peak_bytes / base.activation_peak_bytes:.3f}"],
-            ["irevvgg / vgg19", "(none)",
-             f"{_saved_peak(profiles['irevvgg']) / _saved_peak(profiles['vgg19']):.3f}",
-             f"{profiles['irevvgg'].activation_peak_bytes / base.activation_peak_bytes:.3f}"],
-        ], headers=["model", "seed (deck)", "peak of bytes saved by autograd (measured)",
-                    "activation peak (measured)"],
-            tablefmt="github", disable_numparse=True),
+        _table(rows, ["model", "seed (deck)", "peak of bytes saved by autograd (measured)", "activation peak (measured)"]),
         "",
         "The deck's 83.4% compares stored layer outputs only. A training step also needs the "
         "transients of backward: for a reversible network the recomputed block's graph and its "
         "incoming and outgoing gradients, which the deck's convention does not count.",
         "",
+    ]
+
+
+def _cuda_estimates() -> list[str]:
+    """What a CUDA estimate models and what it leaves out."""
+    return [
         "## Estimates for a CUDA device",
         "",
         "`memprof profile MODEL --device cuda --estimate` replays the same storage stream through a "
@@ -273,6 +288,13 @@ def _render(profiles: dict[str, Any], times: dict[str, float], scratch: dict[tup
         "`benchmarks/cuda_check.py` compares these estimates with `max_memory_allocated` on a GPU.",
         "",
     ]
+
+
+def _render(profiles: dict[str, Any], times: dict[str, Any], scratch: dict[tuple[int, int, int], Any]) -> str:
+    """The whole of memory.md, section by section."""
+    lines = [*_intro(), *_side_by_side(profiles, times), *_breakdown(profiles), *_targets(profiles, times),
+             *_gap(profiles, scratch), *_twin_phases(times), *_holders(profiles), *_deck_contrast(profiles),
+             *_cuda_estimates()]
     return "\n".join(lines)
 
 

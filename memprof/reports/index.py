@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .files import atomic_write_text, provenance
+
 __all__ = ["REPORT_DESCRIPTIONS", "render_reports_index", "write_reports_index"]
 
 #: file name under reports/ -> one line on what it shows (the index lists them in this order).
@@ -33,8 +35,6 @@ def render_reports_index(files: list[str]) -> str:
     Known files come first, in :data:`REPORT_DESCRIPTIONS` order, each with its line; others
     follow, listed by name.
     """
-    from ..reporting import provenance
-
     known = [f for f in REPORT_DESCRIPTIONS if f in files]
     other = sorted(f for f in files if f not in REPORT_DESCRIPTIONS and f != INDEX_NAME)
     lines = [
@@ -58,8 +58,6 @@ def write_reports_index(out_dir: Path) -> list[Path]:
     Returns:
         The path written.
     """
-    from ..reporting import atomic_write_text
-
     out = Path(out_dir)
     files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
     return [atomic_write_text(out / INDEX_NAME, render_reports_index(files))]

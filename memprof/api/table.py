@@ -1,0 +1,198 @@
+"""``layer_table``: the per-layer table of a model (the deck's columns beside what autograd saves).
+
+:func:`check_table_args` checks every argument before any work; :func:`run_layer_table`
+records one forward (:mod:`memprof.recording.layers`), aggregates it
+(:mod:`memprof.aggregation.layer_table`, with the seed comparison for the models the deck
+tabulates) and returns the renderable :class:`~memprof.rendering.layer_table.LayerTable`.
+:func:`layer_table` is the two in one call; the CLI calls them apart, so that a
+``package.module:factory`` model is built only after every other argument is known to be good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..aggregation.layer_table import build_layer_table
+from ..aggregation.table_rows import shape_text
+from ..recording.layers import record_layers
+from ..rendering.layer_table import LayerTable
+from ..seed import SeedTable, get_seed_table
+from ..validation import (
+    UsageError,
+    check_choice,
+    check_non_negative_int,
+    check_positive_int,
+    parse_input_shape,
+)
+from ..vocabulary import DTYPES, TABLE_DEVICES, dtype_name
+
+__all__ = ["TableArgs", "check_table_args", "layer_table", "run_layer_table"]
+
+
+@dataclass(frozen=True)
+class TableArgs:
+    """Checked arguments of :func:`layer_table`.
+
+    ``model`` is the registered name, or None for a module the caller passes to
+    :func:`run_layer_table`.
+    """
+
+    model: str | None
+    input_shape: tuple[int, ...]
+    batch_size: int
+    dtype: torch.dtype
+    depth: int | None
+    device: str
+    seed: SeedTable | None
+    seed_note: str | None
+
+
+def _registered(model: str, input_shape: Any, depth: int | None) -> tuple[tuple[int, ...], int | None, SeedTable | None, str | None]:
+    """Input shape, depth, seed table and the note on a missing seed comparison of a registered model."""
+    from ..models import get_model_info, list_models
+
+    check_choice("model", model, list_models())
+    info = get_model_info(model)
+    shape = parse_input_shape(input_shape) if input_shape is not None else tuple(info.input_shape)
+    seed, seed_note = get_seed_table(model), None
+    if depth is None:
+        depth = info.table_depth
+    elif seed is not None and depth != info.table_depth:
+        seed_note = (f"No seed comparison: the deck's table is at the default depth "
+                     f"{info.table_depth}, this table at depth {depth}.")
+        seed = None
+    if seed is not None and shape != (3, 32, 32):
+        seed_note = f"No seed comparison: the deck's table is for (3,32,32) inputs, not {shape_text([shape])}."
+        seed = None
+    return shape, depth, seed, seed_note
+
+
+def check_table_args(
+    model: str | nn.Module | None,
+    input_shape: Any = None,
+    batch_size: Any = 128,
+    dtype: Any = "float32",
+    depth: Any = None,
+    device: str = "meta",
+) -> TableArgs:
+    """Every check of :func:`layer_table`, in one place, before any work starts.
+
+    Args:
+        model: a registered name, an ``nn.Module``, or None for a module that is not built yet
+            (the CLI's ``package.module:factory``).
+        input_shape, batch_size, dtype, depth, device: as for :func:`layer_table`.
+
+    Returns:
+        The checked :class:`TableArgs`.
+
+    Raises:
+        memprof.validation.UsageError: naming the bad value and the allowed ones.
+        TypeError: if ``model`` is neither a name nor an ``nn.Module``.
+    """
+    batch_size = check_positive_int("batch size", batch_size)
+    name_of_dtype = check_choice("dtype", dtype_name(dtype), DTYPES)
+    check_choice("device", device, TABLE_DEVICES)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device 'cuda' is not available here; allowed: meta, cpu")
+    if depth is not None:
+        depth = check_non_negative_int("depth", depth)
+    if isinstance(model, str):
+        shape, depth, seed, seed_note = _registered(model, input_shape, depth)
+        return TableArgs(model, shape, batch_size, DTYPES[name_of_dtype], depth, device, seed, seed_note)
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
+    if input_shape is None:
+        what = "a model" if model is None else f"a {type(model).__name__}"
+        raise UsageError(
+            f"input shape is required for {what} that is not a registered model, e.g. --input-shape 3,32,32"
+        )
+    return TableArgs(None, parse_input_shape(input_shape), batch_size, DTYPES[name_of_dtype], depth, device,
+                     None, None)
+
+
+def _build_registered(name: str, device: str) -> nn.Module:
+    """Build a registered model; for a meta pass, directly on the meta device (no weight init)."""
+    from ..models import get_model
+
+    if device == "meta":
+        try:
+            with torch.device("meta"):
+                return get_model(name)
+        except (NotImplementedError, RuntimeError):  # an initialiser without a meta kernel
+            pass
+    return get_model(name)
+
+
+def run_layer_table(args: TableArgs, module: nn.Module | None = None, *, all_rows: bool = False) -> LayerTable:
+    """The table for checked arguments (:func:`check_table_args`); nothing is checked again.
+
+    Args:
+        args: the checked arguments.
+        module: the model when ``args.model`` is None (not a registered name).
+        all_rows: show every row: in-place ReLU rows unfolded, empty rows not hidden.
+
+    Returns:
+        The :class:`~memprof.rendering.layer_table.LayerTable`.
+    """
+    if args.model is not None:
+        module, name = _build_registered(args.model, args.device), args.model
+    else:
+        if module is None:
+            raise TypeError("run_layer_table needs the module when args.model is None")
+        name = type(module).__name__
+    recording = record_layers(
+        module, args.input_shape, batch_size=args.batch_size, dtype=args.dtype,
+        depth=args.depth, device=args.device, model_name=name,
+    )
+    notes = [args.seed_note] if args.seed_note else []
+    return LayerTable.from_data(build_layer_table(recording, all_rows=all_rows, seed=args.seed, notes=notes))
+
+
+def layer_table(
+    model: str | nn.Module,
+    input_shape: Sequence[int] | str | None = None,
+    batch_size: int = 128,
+    dtype: str | torch.dtype = "float32",
+    depth: int | None = None,
+    *,
+    device: str = "meta",
+    all_rows: bool = False,
+) -> LayerTable:
+    """The per-layer table of a model: the deck's columns beside what autograd really saves.
+
+    One training-mode forward (no backward) runs at the batch size; hooks record every row and
+    a ``saved_tensors_hooks`` pack hook the bytes autograd saves for it. The model is left
+    exactly as it was (weights, buffers, train/eval mode, hooks, RNG state).
+
+    Args:
+        model: a registered name (:func:`memprof.models.list_models`) or any ``nn.Module``.
+        input_shape: one sample's shape without the batch dimension (``(3, 32, 32)`` or
+            ``"3,32,32"``); required for an ``nn.Module``, defaults to the registered one.
+        batch_size: the batch the pass runs with (default 128, the deck's).
+        dtype: ``float32``, ``bfloat16`` or ``float16``; parameters, buffers and the input are
+            converted for the pass (the model itself is not changed).
+        depth: rows are the modules whose qualified name has ``depth`` dot-separated parts,
+            and leaves above that (like torchinfo's depth). None: the registered model's
+            default (the deck's rows), or every leaf for an ``nn.Module``; 0: one row.
+        device: ``meta`` (default: exact shapes, dtypes and storages without arithmetic: fake
+            CPU tensors that take the CPU's kernels, NOTE [ The meta pass runs on fake CPU
+            tensors ]), ``cpu`` or ``cuda`` for a real pass.
+        all_rows: show every row: in-place ReLU rows unfolded, empty rows not hidden.
+
+    Returns:
+        A :class:`~memprof.rendering.layer_table.LayerTable`; ``print()`` it, or call
+        ``to_dataframe()``, ``to_markdown()``, ``to_csv()``, ``to_json()``, ``render(format)``.
+
+    Raises:
+        memprof.validation.UsageError: for a bad argument (naming it and the allowed values), or
+            an input shape the model's forward rejects (naming the layer that failed and the
+            layers that ran).
+        TypeError: if ``model`` is neither a name nor an ``nn.Module``.
+    """
+    args = check_table_args(model, input_shape, batch_size, dtype, depth, device)
+    return run_layer_table(args, None if isinstance(model, str) else model, all_rows=all_rows)

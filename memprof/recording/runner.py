@@ -1,0 +1,416 @@
+"""Running training steps: one step, one step under the trackers, and steps timed side by side.
+
+The step is the one a training loop repeats: ``zero_grad(set_to_none=True)``, forward, loss,
+backward, ``optimizer.step()``. :func:`record_step` profiles it in steady state: one warm-up
+step first creates the optimizer state (SGD momentum, Adam moments), then the gradients are set
+to None and the recorded step runs. Resident before it: parameters and buffers, optimizer state,
+the batch. A measurement runs on a real copy of the model under the allocator tracker and the
+storage tracker; an estimate runs the same step on a fake copy (FakeTensorMode: no memory, the
+same storages). :func:`time_steps` is the one timing loop: steps of several setups interleaved
+round by round (NOTE [ Step times side by side ]).
+
+Aggregation reads the :class:`StepRecord` this module returns; it never runs a step itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..validation import UsageError, check_optimizer
+from ..vocabulary import Optimizer, Phase, dtype_name
+from .allocations import (
+    AllocatorResult,
+    CpuAllocatorTracker,
+    CudaAllocatorTracker,
+    make_allocator_tracker,
+)
+from .attribution import StorageTracker
+
+__all__ = [
+    "StepRecord",
+    "StepSetup",
+    "compute_loss",
+    "make_optimizer",
+    "measure_step",
+    "record_step",
+    "run_step",
+    "targets_for",
+    "time_steps",
+    "warm_up",
+]
+
+
+def make_optimizer(name: str, params: Any) -> torch.optim.Optimizer:
+    """``sgd`` (lr 0.1, momentum 0.9: the deck's recipe) or ``adam`` (lr 1e-3).
+
+    Raises:
+        UsageError: for another name, listing the allowed ones.
+    """
+    check_optimizer(name)
+    if name == Optimizer.SGD:
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def _first_output(output: Any) -> Any:
+    """The tensor a loss is taken of: the first of a tuple/list, the first value of a dict."""
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    if isinstance(output, dict):
+        return next(iter(output.values()))
+    return output
+
+
+def compute_loss(output: Any, targets: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy for (B, classes) logits with integer targets; the mean otherwise."""
+    output = _first_output(output)
+    if targets is not None and output.dim() == 2:
+        return nn.functional.cross_entropy(output, targets)
+    return output.float().mean()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _NoPhases:
+    """Stands in for an allocator tracker when nobody marks phases."""
+
+    def phase(self, name: str) -> Any:
+        return contextlib.nullcontext()
+
+
+def run_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None,
+    tracker: StorageTracker | None = None,
+    allocator: Any = None,
+    phase_times: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """Forward, loss, backward and optimizer step (gradients must have been set to None before).
+
+    Args:
+        model, optimizer, inputs, targets: the step.
+        tracker: told where each phase starts (:meth:`StorageTracker.set_phase`).
+        allocator: an allocator tracker whose ``phase(name)`` context brackets each phase.
+        phase_times: if given, filled with the time of each phase in seconds: CPU time of the
+            process on the CPU (robust to other processes' load), wall time on CUDA (synchronised).
+
+    Returns:
+        The loss (detached).
+    """
+    marks = allocator if allocator is not None else _NoPhases()
+    clock = time.process_time if inputs.device.type == "cpu" else time.perf_counter
+    last = [clock(), ""]
+
+    def set_phase(name: str) -> None:
+        if phase_times is not None:
+            _sync(inputs.device)
+            now = clock()
+            if last[1]:
+                phase_times[last[1]] = now - last[0]
+            last[:] = [now, name]
+        if tracker is not None:
+            tracker.set_phase(name)
+
+    set_phase(Phase.FORWARD.value)
+    with marks.phase(Phase.FORWARD.value):
+        output = model(inputs)
+        loss = compute_loss(output, targets)
+    set_phase(Phase.BACKWARD.value)
+    with marks.phase(Phase.BACKWARD.value):
+        loss.backward()
+    set_phase(Phase.OPTIMIZER.value)
+    with marks.phase(Phase.OPTIMIZER.value):
+        optimizer.step()
+    if phase_times is not None:
+        _sync(inputs.device)
+        phase_times[last[1]] = clock() - last[0]
+    return loss.detach()
+
+
+@dataclass
+class StepRecord:
+    """What one recorded step left behind: the trackers after the step.
+
+    Attributes:
+        loss: the step's loss (detached).
+        tracker: the storage tracker (timeline, module intervals, holders).
+        allocator: the allocator tracker's result (None in an estimate).
+        step_time_s: wall time of the step under the trackers (None in an estimate).
+        step_cpu_time_s: CPU time of this process during the step (all threads).
+        traced_on: the device the step really ran on (an estimate for CUDA without a GPU is
+            traced on the CPU: NOTE [ CUDA estimates without a GPU ]).
+        cuda_model: for a CUDA estimate, ``(allocated, reserved)`` bytes after every event of the
+            storage stream replayed through the caching-allocator model.
+        cuda_not_modelled: what that model leaves out (said with every CUDA estimate).
+        kernels: in an estimate, what the target device's kernels add
+            (:class:`~memprof.recording.estimate.DeviceKernels`: workspaces, scratch, what is
+            not modelled).
+        expandable_segments: the CUDA model ran with ``expandable_segments:True``.
+    """
+
+    loss: torch.Tensor
+    tracker: StorageTracker
+    allocator: AllocatorResult | None
+    step_time_s: float | None
+    step_cpu_time_s: float | None = None
+    traced_on: torch.device | None = None
+    cuda_model: tuple[np.ndarray, np.ndarray] | None = None
+    cuda_not_modelled: tuple[str, ...] = ()
+    kernels: Any = None
+    expandable_segments: bool = False
+
+
+def measure_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor | None,
+    allocator: CpuAllocatorTracker | CudaAllocatorTracker | None = None,
+    kernels: Any = None,
+) -> StepRecord:
+    """Run one step under the storage tracker (and the allocator tracker, if given).
+
+    ``kernels``: in an estimate, the :class:`~memprof.recording.estimate.DeviceKernels` mode
+    already entered below the tracker; it is bound to the tracker's clock.
+
+    Every hook is removed on exit, also when the step raises. The loss, the gradients and the
+    updated parameters are bit-identical to those of :func:`run_step` (tests check it).
+
+    Returns:
+        The :class:`StepRecord`.
+    """
+    tracker = StorageTracker(model, optimizer, [t for t in (inputs, targets) if t is not None])
+    device = inputs.device
+    gc.collect()
+    if kernels is not None:
+        kernels.bind(tracker)
+    if allocator is None:
+        with tracker.track():
+            loss = run_step(model, optimizer, inputs, targets, tracker)
+        return StepRecord(loss, tracker, None, None, traced_on=device, kernels=kernels)
+    if isinstance(allocator, CudaAllocatorTracker):
+        tracker.listener = allocator
+    with allocator.track():
+        with tracker.track():
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss = run_step(model, optimizer, inputs, targets, tracker, allocator)
+            _sync(device)
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return StepRecord(loss, tracker, allocator.result, elapsed, cpu, traced_on=device)
+
+
+def warm_up(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, make_targets: Callable[[Any], Any]
+) -> torch.Tensor | None:
+    """One step that creates the optimizer state; returns the targets it drew.
+
+    Raises:
+        UsageError: when the model rejects the input, naming its shape and the model's error.
+    """
+    try:
+        out = model(x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(
+            f"the model rejects an input of shape {tuple(x.shape[1:])} (batch {x.shape[0]}, "
+            f"{dtype_name(x.dtype)}, {x.device.type}): {msg}"
+        ) from None
+    targets = make_targets(out)
+    loss = compute_loss(out, targets)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    del out, loss
+    return targets
+
+
+def targets_for(batch_size: int, device: torch.device, seed: int) -> Callable[[Any], torch.Tensor | None]:
+    """A function drawing class targets for a model's output (None unless it is (B, classes) logits)."""
+
+    def make(out: Any) -> torch.Tensor | None:
+        out = _first_output(out)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            return None
+        g = torch.Generator().manual_seed(seed + 1)
+        t = torch.randint(out.shape[1], (batch_size,), generator=g)
+        return t.to(device)
+
+    return make
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_log() -> Iterator[None]:
+    """FakeTensorMode logs a traceback before re-raising a shape error; we report it in one line."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def record_step(
+    model: nn.Module,
+    batch_size: int,
+    input_shape: tuple[int, ...],
+    *,
+    optimizer: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    estimate: bool,
+    seed: int = 0,
+    expandable_segments: bool = False,
+) -> StepRecord:
+    """Record one steady-state training step of a copy of ``model`` (arguments already checked).
+
+    The model itself is not modified: the step runs on a deep copy, or on a fake copy when
+    estimating (FakeTensorMode: nothing allocated, the same storages).
+
+    Args:
+        model: any ``nn.Module`` taking one tensor of shape ``(batch_size, *input_shape)``.
+        batch_size, input_shape: the batch.
+        optimizer: ``sgd`` or ``adam``.
+        dtype, device: of parameters and inputs.
+        estimate: run on a fake copy instead of allocating.
+        seed: seeds the input batch and the targets.
+        expandable_segments: a CUDA estimate models ``expandable_segments:True``.
+
+    Returns:
+        The :class:`StepRecord` (with the allocator's result when measured).
+
+    Raises:
+        UsageError: when the model rejects the input.
+    """
+    if estimate:
+        return _record_fake_step(model, batch_size, input_shape, optimizer, dtype, device, seed, expandable_segments)
+    work = copy.deepcopy(model).to(device=device, dtype=dtype)
+    work.train()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch_size, *input_shape), generator=g).to(device=device, dtype=dtype)
+    opt = make_optimizer(optimizer, work.parameters())
+    targets = warm_up(work, opt, x, targets_for(batch_size, device, seed))
+    return measure_step(work, opt, x, targets, allocator=make_allocator_tracker(device))
+
+
+# NOTE [ CUDA estimates without a GPU ]
+# Fake CUDA tensors can be created without a GPU, but the autograd engine needs a CUDA
+# context to run their backward. Without a GPU the step is traced with fake CPU tensors
+# (the same ops and storage sizes, except cuDNN-specific extras such as the batch-norm
+# reserve space) and the caching-allocator model is applied to that trace.
+def _record_fake_step(
+    model: nn.Module, batch_size: int, input_shape: tuple[int, ...], optimizer: str,
+    dtype: torch.dtype, device: torch.device, seed: int, expandable_segments: bool = False,
+) -> StepRecord:
+    """:func:`record_step` under FakeTensorMode (NOTE [ CUDA estimates without a GPU ]).
+
+    The fake step runs under :class:`~memprof.recording.estimate.DeviceKernels`, which gives
+    fake kernels the outputs and scratch of the target device's (NOTE [ What an estimate adds
+    to the fake step ]).
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .estimate import NOT_MODELLED_CUDA, DeviceKernels, make_fake_model, simulate_cuda_allocator
+
+    trace_dev = device if device.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
+    mode = FakeTensorMode()
+    work = make_fake_model(model, mode, trace_dev, dtype)
+    work.train()
+    with mode, _quiet_fake_tensor_log():
+        x = torch.empty((batch_size, *input_shape), dtype=dtype, device=trace_dev)
+        opt = make_optimizer(optimizer, work.parameters())
+        with DeviceKernels(device.type, trace_dev.type):  # the warm-up holds real-sized workspaces too
+            targets = warm_up(work, opt, x, targets_for(batch_size, trace_dev, seed))
+        with DeviceKernels(device.type, trace_dev.type) as kernels:
+            record = measure_step(work, opt, x, targets, kernels=kernels)
+    record.traced_on = trace_dev
+    if device.type == "cuda":
+        tracker = record.tracker
+        lives = [(life.start, life.end, life.nbytes) for lives in tracker.lives.values() for life in lives]
+        lives += kernels.persistent_lives()
+        record.cuda_model = simulate_cuda_allocator(lives, tracker.clock + 1, transient=kernels.transient_allocations(),
+                                                    expandable_segments=expandable_segments)
+        record.cuda_not_modelled = tuple(NOT_MODELLED_CUDA)
+        record.expandable_segments = expandable_segments
+    return record
+
+
+@dataclass
+class StepSetup:
+    """One model ready to be timed: warmed up, its optimizer state created, its batch on device."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    inputs: torch.Tensor
+    targets: torch.Tensor | None
+
+
+@dataclass
+class StepTimes:
+    """Step times of one setup, one per round (seconds), and each phase's fastest time."""
+
+    rounds: list[float]
+    phases: dict[str, float]
+
+
+# NOTE [ Step times side by side ]
+# Step times on a shared machine drift with its load. Every setup is therefore prepared first
+# (model, optimizer with its state, one warm-up step), then timed in rounds: each round runs
+# one step of every setup in turn, so that a change of load hits all of them alike. Other work
+# on the machine can only add time to a step, never remove it, so a setup's undisturbed time is
+# best estimated by its fastest round (as timeit advises); ratios of fastest rounds are the
+# headline, and the range of the ratios taken within each round shows how noisy the run was.
+def time_steps(
+    setups: Mapping[str, StepSetup],
+    repeats: int,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    phases: bool = False,
+    on_round: Callable[[], Any] | None = None,
+) -> dict[str, StepTimes]:
+    """Time ``repeats`` rounds of one step per setup, interleaved (NOTE [ Step times side by side ]).
+
+    Args:
+        setups: name -> a warmed-up :class:`StepSetup`.
+        repeats: rounds.
+        clock: ``time.perf_counter`` (wall time) or ``time.process_time`` (CPU time of the process).
+        phases: also time each phase (see :func:`run_step`'s ``phase_times``).
+        on_round: called after each round (a progress bar's update).
+
+    Returns:
+        Name -> :class:`StepTimes`. Gradients are set to None afterwards.
+    """
+    times = {name: StepTimes([], {}) for name in setups}
+    for _ in range(repeats):
+        for name, s in setups.items():
+            split: dict[str, float] | None = {} if phases else None
+            s.optimizer.zero_grad(set_to_none=True)
+            _sync(s.inputs.device)
+            t0 = clock()
+            run_step(s.model, s.optimizer, s.inputs, s.targets, phase_times=split)
+            _sync(s.inputs.device)
+            times[name].rounds.append(clock() - t0)
+            for ph, t in (split or {}).items():
+                times[name].phases[ph] = min(times[name].phases.get(ph, t), t)
+        if on_round is not None:
+            on_round()
+    for s in setups.values():
+        s.optimizer.zero_grad(set_to_none=True)
+    return times

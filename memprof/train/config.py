@@ -1,0 +1,176 @@
+"""The configuration of a training run and its check: :class:`TrainConfig`, :func:`check_train_config`.
+
+Every argument is checked here before any work starts (the resume checkpoint is loaded too,
+so that a wrong file fails at once); the CLI's ``memprof train`` builds a :class:`TrainConfig`
+and :func:`memprof.train.loop.train` calls :func:`check_train_config` first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..validation import UsageError, check_choice, check_positive_int
+from .checkpoint import load_checkpoint
+from .data import check_data_dir
+from .distributed import DistEnv, detect_dist_env
+
+__all__ = ["DEVICES", "AmpMode", "TrainConfig", "check_train_config"]
+
+
+class AmpMode(str, Enum):
+    """Mixed precision: off (float32), bf16 (CPU and CUDA autocast), fp16 (CUDA, with a GradScaler)."""
+
+    OFF = "off"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Everything :func:`train` needs. Defaults are the deck's recipe (Rev-VGG, CIFAR-10).
+
+    Attributes:
+        model: a name from ``memprof.models.list_models()``.
+        epochs: total epochs (a resumed run continues up to this number).
+        batch_size: the global batch; under DDP each of W ranks gets ``batch_size / W``.
+        lr: initial learning rate of SGD.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (the deck gives none; 5e-4 is the usual CIFAR choice).
+        lr_step: epochs between learning-rate decays (StepLR).
+        gamma: the decay factor.
+        data_dir: CIFAR-10 root (``cifar-10-batches-py/`` inside).
+        download: let torchvision download CIFAR-10 when absent.
+        synthetic: train on torchvision's FakeData instead (offline; accuracy is meaningless).
+        synthetic_size: training images of the synthetic set (test: a quarter, at least 10).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        amp: ``off``, ``bf16`` or ``fp16`` (CUDA only, with a gradient scaler).
+        reversible: run the model's reversible sequences reversibly (False: plain autograd).
+        checkpoint_every: save every N epochs (0: only at the end); the last epoch always saves.
+        resume: a checkpoint written by this function to continue from.
+        out_dir: where the log, checkpoints and report go.
+        limit_batches: stop each epoch's training and evaluation after N batches (quick runs).
+        num_workers: DataLoader worker processes.
+        seed: seeds the initialisation, the shuffling and the augmentation.
+        progress: show tqdm bars and a line per epoch (main rank only).
+        num_classes: classifier outputs.
+    """
+
+    model: str = "revvgg"
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_step: int = 50
+    gamma: float = 0.1
+    data_dir: str = "./data"
+    download: bool = True
+    synthetic: bool = False
+    synthetic_size: int = 512
+    device: str = "auto"
+    amp: str = "off"
+    reversible: bool = True
+    checkpoint_every: int = 0
+    resume: str | None = None
+    out_dir: str = "runs/train"
+    limit_batches: int | None = None
+    num_workers: int = 0
+    seed: int = 0
+    progress: bool = True
+    num_classes: int = 10
+
+
+def _check_float(name: str, value: Any, *, low: float, low_open: bool, high: float | None = None,
+                 high_open: bool = True, allowed: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a number ({allowed}), got {value!r}") from None
+    bad = (
+        not math.isfinite(v)
+        or (v <= low if low_open else v < low)
+        or (high is not None and (v >= high if high_open else v > high))
+    )
+    if bad:
+        raise UsageError(f"{name} must be {allowed}, got {value!r}")
+    return v
+
+
+def _known_models() -> list[str]:
+    from ..models import list_models
+
+    return list_models()
+
+
+def check_train_config(
+    config: TrainConfig, env: DistEnv | None = None, custom_model: bool = False
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Check every argument before any work starts; load the resume checkpoint if any.
+
+    Args:
+        config: the requested configuration.
+        env: the distributed environment (for the batch-size split); detected when None.
+        custom_model: True when the caller passes its own model (the name is then a label).
+
+    Returns:
+        ``(config, checkpoint)``: the config with numbers normalised and the device resolved,
+        and the loaded resume checkpoint (None without ``resume``).
+
+    Raises:
+        UsageError: naming the bad value and the allowed ones: non-positive epochs, batch size,
+            learning rate, lr step; momentum outside [0, 1); negative weight decay; unknown
+            model, device or amp mode; CUDA asked for without a GPU; fp16 on the CPU; a global
+            batch not divisible by the number of ranks; missing data with download off; a
+            resume file that is missing, not a checkpoint, or from a different model.
+    """
+    env = env or detect_dist_env()
+    c = TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig)})
+    if not custom_model:
+        check_choice("model", c.model, _known_models())
+    c.epochs = check_positive_int("epochs", c.epochs)
+    c.batch_size = check_positive_int("batch size", c.batch_size)
+    c.lr = _check_float("learning rate", c.lr, low=0.0, low_open=True, allowed="a positive number")
+    c.momentum = _check_float("momentum", c.momentum, low=0.0, low_open=False, high=1.0,
+                              allowed="in [0, 1)")
+    c.weight_decay = _check_float("weight decay", c.weight_decay, low=0.0, low_open=False,
+                                  allowed="a number >= 0")
+    c.lr_step = check_positive_int("lr step", c.lr_step)
+    c.gamma = _check_float("gamma", c.gamma, low=0.0, low_open=True, high=1.0, high_open=False,
+                           allowed="in (0, 1]")
+    if isinstance(c.checkpoint_every, bool) or not isinstance(c.checkpoint_every, int) or c.checkpoint_every < 0:
+        raise UsageError(f"checkpoint every must be an integer >= 0 (0: only at the end), got {c.checkpoint_every!r}")
+    if c.limit_batches is not None:
+        c.limit_batches = check_positive_int("limit batches", c.limit_batches)
+    if isinstance(c.num_workers, bool) or not isinstance(c.num_workers, int) or c.num_workers < 0:
+        raise UsageError(f"num workers must be an integer >= 0, got {c.num_workers!r}")
+    c.synthetic_size = check_positive_int("synthetic size", c.synthetic_size)
+    c.num_classes = check_positive_int("num classes", c.num_classes)
+    c.amp = AmpMode(check_choice("amp mode", str(getattr(c.amp, "value", c.amp)), [m.value for m in AmpMode])).value
+    check_choice("device", c.device, DEVICES)
+    if c.device == "auto":
+        c.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif c.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device 'cuda' was asked for but no CUDA device is available; allowed here: cpu, auto")
+    if c.amp == AmpMode.FP16.value and c.device != "cuda":
+        raise UsageError("amp mode 'fp16' needs CUDA (float16 training uses a CUDA gradient scaler); on the CPU use: off, bf16")
+    if c.batch_size % env.world_size:
+        raise UsageError(
+            f"batch size {c.batch_size} (the global batch) is not divisible by the {env.world_size} "
+            f"processes; use a multiple of {env.world_size}"
+        )
+    if not c.synthetic:
+        check_data_dir(c.data_dir, c.download)
+    out = Path(c.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    ckpt = load_checkpoint(c.resume, c.model, c.num_classes) if c.resume is not None else None
+    return c, ckpt

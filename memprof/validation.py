@@ -1,0 +1,289 @@
+"""Every argument check of memprof, in one place: :class:`UsageError` and the parsers.
+
+A public entry point (``layer_table``, ``profile_step``, ``sweep``, ``compare_strategies``,
+``train``) checks all of its arguments with these functions before any work starts; the CLI
+parses strings and hands them to the entry point, which checks them once. Each message names
+the bad value and the allowed ones. The CLI turns a :class:`UsageError` into one line on
+stderr and exit code 2.
+
+This module sits at the bottom of the package (beside :mod:`memprof.vocabulary`): checks that
+depend on a registry (model or strategy names) take the allowed names as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .units import parse_bytes
+from .vocabulary import DTYPES, FORMATS, MODES, OPTIMIZERS, Mode
+
+__all__ = [
+    "BATCH_SIZE_LIMIT",
+    "UsageError",
+    "check_choice",
+    "check_device",
+    "check_format",
+    "check_non_negative_int",
+    "check_optimizer",
+    "check_output_dir",
+    "check_output_file",
+    "check_positive_int",
+    "parse_batch_sizes",
+    "parse_dtype",
+    "parse_input_shape",
+    "parse_memory",
+    "parse_mode",
+    "parse_names",
+]
+
+#: The largest batch size a sweep or a fit may probe.
+BATCH_SIZE_LIMIT = 1 << 24
+
+
+class UsageError(ValueError):
+    """Bad input from a user: the message names the bad value and the allowed ones."""
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise UsageError listing them."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise UsageError(f"unknown {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
+    return value
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` as int if it is a positive integer, else raise UsageError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            as_int = int(str(value))
+        except ValueError:
+            raise UsageError(f"{name} must be a positive integer, got {value!r}") from None
+        value = as_int
+    if value <= 0:
+        raise UsageError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_non_negative_int(name: str, value: Any) -> int:
+    """Return ``value`` as int if it is an integer >= 0 (``"3"`` is accepted), else raise UsageError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value))
+        except ValueError:
+            raise UsageError(f"{name} must be a non-negative integer, got {value!r}") from None
+    if value < 0:
+        raise UsageError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def check_format(fmt: Any, allowed: Sequence[str] = FORMATS) -> str:
+    """An output format from ``allowed`` (default: text, markdown, csv, json)."""
+    return str(check_choice("format", str(getattr(fmt, "value", fmt)), allowed))
+
+
+def parse_mode(mode: Any) -> Mode:
+    """``"measured"`` or ``"estimated"`` (or a :class:`~memprof.vocabulary.Mode`) -> Mode."""
+    return Mode(check_choice("mode", str(getattr(mode, "value", mode)), MODES))
+
+
+def check_optimizer(name: Any) -> str:
+    """``sgd`` or ``adam``."""
+    return str(check_choice("optimizer", name, OPTIMIZERS))
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map a dtype name (``float32``, ``bfloat16``, ``float16``) or dtype to ``torch.dtype``.
+
+    Raises:
+        UsageError: for a name or dtype outside :data:`memprof.vocabulary.DTYPES`.
+    """
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise UsageError(f"unsupported dtype {name}; allowed: {', '.join(DTYPES)}")
+        return name
+    try:
+        return DTYPES[name]
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}") from None
+
+
+def check_device(device: Any, *, needs_cuda_here: bool) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` -> ``torch.device``.
+
+    Args:
+        device: the device asked for.
+        needs_cuda_here: a CUDA device must exist on this machine (a measured step or a timing;
+            an estimate needs none). A bare ``cuda`` then becomes the current device.
+
+    Raises:
+        UsageError: for another device, or CUDA asked for where there is none.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}; allowed: cpu, cuda, cuda:N") from None
+    check_choice("device type", dev.type, ("cpu", "cuda"))
+    if dev.type == "cuda" and needs_cuda_here and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available; use --estimate or --device cpu")
+    if dev.type == "cuda" and dev.index is None and needs_cuda_here:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def parse_input_shape(value: Any) -> tuple[int, ...]:
+    """``"3,32,32"`` or ``(3, 32, 32)`` -> ``(3, 32, 32)``.
+
+    Raises:
+        UsageError: unless it is one or more positive integers.
+    """
+    text = value if isinstance(value, str) else None
+    try:
+        parts = [p for p in value.replace("x", ",").split(",")] if text is not None else list(value)
+        shape = tuple(int(str(p).strip()) for p in parts)
+        if not shape or any(v <= 0 for v in shape) or any(isinstance(p, bool) for p in parts):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"input shape {value!r} must be positive integers separated by commas, e.g. 3,32,32"
+        ) from None
+    return shape
+
+
+def parse_memory(text: str | int) -> int:
+    """A memory budget (``16GiB``, ``16GB``, ``512MiB``, bytes) in bytes; see :func:`memprof.units.parse_bytes`."""
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def parse_names(value: str | Sequence[str], what: str, allowed: Sequence[str]) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> the checked names, none repeated.
+
+    Raises:
+        UsageError: for an empty list, an unknown name (listing the allowed ones) or a repeat.
+    """
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    if not parts or any(p == "" for p in parts):
+        raise UsageError(f"{what}s {value!r} must be a comma-separated list of names; allowed: {', '.join(allowed)}")
+    for p in parts:
+        check_choice(what, p, allowed)
+    dup = sorted({p for p in parts if parts.count(p) > 1})
+    if dup:
+        raise UsageError(f"{what} {dup[0]!r} is listed twice in {value!r}")
+    return parts
+
+
+# NOTE [ Batch-size progressions ]
+# "--batch-sizes 1,2,4,...,1024" is accepted as people write it: "..." continues the terms
+# before it up to the term after it. The progression is geometric (integer ratio of the first
+# two terms) when it lands exactly on the last term, else arithmetic when that lands on it;
+# every term written before "..." must belong to the chosen progression. Anything else is an
+# error that says what to write, never a silent guess: "1,2,...,10" is 1..10 (geometric would
+# miss 10), "1,2,...,8" is 1,2,4,8 (geometric first), "1,3,...,10" is refused.
+def parse_batch_sizes(value: str | int | Sequence[int]) -> list[int]:
+    """Parse batch sizes: ``"1,8,64"``, ``"1,2,4,...,1024"`` (NOTE [ Batch-size progressions ]).
+
+    Args:
+        value: comma-separated positive integers, optionally with one ``...``; or integers.
+
+    Returns:
+        The batch sizes in the order given.
+
+    Raises:
+        UsageError: for an empty or malformed list, a non-positive or repeated size, or a
+            progression that does not reach its last term.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    hint = "e.g. 1,8,64,512 or 1,2,4,...,1024"
+    if not parts or parts == [""]:
+        raise UsageError(f"batch sizes {value!r} are empty; give positive integers separated by commas, {hint}")
+    dots = parts.count("...")
+    if dots > 1 or (dots == 1 and not (parts.index("...") >= 2 and parts.index("...") == len(parts) - 2)):
+        raise UsageError(f"batch sizes {value!r}: '...' needs two or more sizes before it and one after, {hint}")
+    nums: list[int] = []
+    for p in parts:
+        if p == "...":
+            continue
+        if not re.fullmatch(r"[0-9]+", p) or int(p) <= 0:
+            raise UsageError(f"batch size {p!r} in {value!r} is not a positive integer; {hint}")
+        nums.append(int(p))
+    if any(n > BATCH_SIZE_LIMIT for n in nums):
+        raise UsageError(f"batch size {max(nums)} in {value!r} is above the limit {BATCH_SIZE_LIMIT}")
+    if dots:
+        nums = _expand(nums[:-1], nums[-1], str(value))
+    dup = sorted({n for n in nums if nums.count(n) > 1})
+    if dup:
+        raise UsageError(f"batch size {dup[0]} is listed twice in {value!r}")
+    return nums
+
+
+def _expand(head: list[int], last: int, text: str) -> list[int]:
+    """The progression through ``head`` that ends exactly on ``last`` (geometric first)."""
+    a, b = head[0], head[1]
+    candidates: list[list[int]] = []
+    if b % a == 0 and b // a >= 2:
+        seq, r = [a], b // a
+        while seq[-1] < last:
+            seq.append(seq[-1] * r)
+        candidates.append(seq)
+    if b > a:
+        candidates.append(list(range(a, last + 1, b - a)))
+    for seq in candidates:
+        if seq and seq[-1] == last and seq[: len(head)] == head:
+            return seq
+    raise UsageError(
+        f"batch sizes {text!r}: the sizes before '...' do not continue to {last} by a constant ratio "
+        "or step; list the sizes, or write e.g. 1,2,4,...,1024 or 16,32,48,...,128"
+    )
+
+
+def check_output_dir(out: str | os.PathLike[str]) -> Path:
+    """Check that ``out`` is (or can be created as) a writable directory, before any work.
+
+    Creates the directory if missing (a probe file is written and removed).
+
+    Raises:
+        UsageError: naming the directory and why it cannot be written.
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output directory {str(out)!r} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".memprof-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"output directory {str(out)!r} cannot be written: {exc.strerror or exc}") from None
+    return path
+
+
+def check_output_file(out: str | os.PathLike[str], *, suffix: str | None = None, what: str = "output file") -> Path:
+    """Check that ``out`` can be written as a file (its directory is created and probed).
+
+    Args:
+        out: the file to write later.
+        suffix: the required extension, e.g. ``".png"`` (case-insensitive).
+        what: how messages name the file (e.g. ``"--timeline"``).
+
+    Raises:
+        UsageError: for a wrong extension, a directory, or a place that cannot be written.
+    """
+    path = Path(out)
+    if suffix is not None and not str(out).lower().endswith(suffix):
+        raise UsageError(f"{what} {str(out)!r} must name a {suffix} file")
+    if path.is_dir():
+        raise UsageError(f"{what} {str(out)!r} is a directory, not a file")
+    check_output_dir(path.parent if str(path.parent) else ".")
+    return path
