@@ -29,10 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
 
-from benchmarks.estimate_panel import PANEL, panel_model  # noqa: E402
+from benchmarks.estimate_panel import PANEL, panel_model
 
 MiB = 1 << 20
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tabulate import tabulate  # noqa: E402
+from tabulate import tabulate
 
-from benchmarks.estimate_panel import PANEL, measure_and_estimate, panel_model  # noqa: E402
-from memprof.units import format_bytes  # noqa: E402
+from benchmarks.estimate_panel import PANEL, measure_and_estimate, panel_model
+from memprof.units import format_bytes
 
 
 def main() -> int:

@@ -20,15 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import torch
+from tabulate import tabulate
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.estimate_panel import PANEL, panel_model  # noqa: E402
-from memprof.recording.allocations import measure_op_scratch  # noqa: E402
-from memprof.recording.workspace import SCRATCH_RULES, find_scratch_rule, lstm_workspace_bytes  # noqa: E402
-from memprof.units import format_bytes  # noqa: E402
+from benchmarks.estimate_panel import PANEL, panel_model
+from memprof.recording.allocations import measure_op_scratch
+from memprof.recording.workspace import SCRATCH_RULES, find_scratch_rule, lstm_workspace_bytes
+from memprof.units import format_bytes
 
 #: (batch, steps, input, hidden): the shapes NOTE [ oneDNN LSTM workspace ] was fitted on.
 LSTM_GRID = [(8, 8, 256, 64), (8, 8, 100, 64), (3, 5, 300, 100), (7, 9, 64, 200), (2, 3, 1000, 128),

@@ -51,7 +51,7 @@ SMALL = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _small(name: str, batch: int):
     return measure_and_estimate(next(m for m in SMALL if m.name == name), batch)
 

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "NOT_MODELLED_CUDA",
     "CudaCachingAllocatorModel",
     "CudaOutOfMemory",
-    "NOT_MODELLED_CUDA",
     "round_cuda_request",
     "simulate_cuda_allocator",
 ]

@@ -39,11 +39,11 @@ from .cuda_allocator import (
 from .workspace import NOT_MODELLED, find_output_rule, find_scratch_rule
 
 __all__ = [
+    "NOT_MODELLED_CUDA",
     "CudaCachingAllocatorModel",
     "CudaOutOfMemory",
     "DeviceKernels",
     "KernelScratch",
-    "NOT_MODELLED_CUDA",
     "make_fake_model",
     "round_cuda_request",
     "simulate_cuda_allocator",

@@ -34,8 +34,8 @@ import torch
 
 __all__ = [
     "OUTPUT_RULES",
-    "OutputRule",
     "SCRATCH_RULES",
+    "OutputRule",
     "ScratchRule",
     "cublas_workspace_bytes",
     "find_output_rule",
