@@ -2,8 +2,8 @@
 
 :func:`build_profile` reads a :class:`~memprof.recording.runner.StepRecord` (the trackers after
 the step) and returns a :class:`StepProfileData`: plain numbers, no rendering. ``peak_bytes``
-is allocator truth when measured, the tensor-owned estimate when estimated (or the CUDA
-caching-allocator model's figure for a CUDA estimate).
+is allocator truth when measured; when estimated, the tensor-owned bytes plus the kernel scratch
+of memprof.recording.workspace (or the CUDA caching-allocator model's figure for a CUDA estimate).
 """
 
 from __future__ import annotations
@@ -166,7 +166,38 @@ def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, l
     out = _Peak(int(allocated[index]), index, int(reserved[step_start:].max()))
     for ph in PHASES:
         phase_rows[ph]["peak_bytes"] = _span_max(allocated, phases[ph])
-    out.notes.append("CUDA caching-allocator model; not modelled: " + "; ".join(record.cuda_not_modelled))
+    out.notes.append("CUDA caching-allocator model" + (" (expandable segments)" if record.expandable_segments else "")
+                     + "; predictions not yet checked on a GPU; not modelled: " + "; ".join(record.cuda_not_modelled))
+    if record.kernels is not None:
+        out.notes += record.kernels.notes()
+    return out
+
+
+def _estimated_cpu_peak(record: StepRecord, total: np.ndarray, step_start: int, attributed_peak: int,
+                        attributed_idx: int, phases: dict[str, list[tuple[int, int]]], phase_rows: dict[str, Any]) -> _Peak:
+    """A CPU estimate: tensor-owned bytes, and inside each op with a rule its kernel's scratch.
+
+    NOTE [ What an estimate adds to the fake step ] (memprof.recording.estimate): the peak is the
+    larger of the tensor-owned peak and every op's "live before + its outputs + its scratch";
+    the breakdown stays the one at the tensor-owned peak, the scratch shows as ``unattributed``
+    (as a measurement's does).
+    """
+    out = _Peak(attributed_peak, attributed_idx)
+    kernels = record.kernels
+    for ph, row in phase_rows.items():
+        row["peak_bytes"] = row["attributed_peak_bytes"]
+    if kernels is None:
+        out.notes.append("estimate of tensor-owned bytes; memory no tensor owns (kernel workspaces) is not included")
+        return out
+    inside, where = kernels.peak_inside_ops(total, step_start)
+    if where is not None and inside > out.peak:
+        out.peak = inside
+        out.notes.append(f"the estimated peak falls inside {where.op.replace('.default', '')} (kernel scratch "
+                         f"{where.scratch / 2**20:.2f} MiB: memprof.recording.workspace)")
+    for ph, row in phase_rows.items():
+        inside_phase = max((kernels.peak_inside_ops(total, s, e)[0] for s, e in phases[ph]), default=0)
+        row["peak_bytes"] = max(row["attributed_peak_bytes"] or 0, inside_phase)
+    out.notes += kernels.notes()
     return out
 
 
@@ -209,12 +240,12 @@ def build_profile(
         peak = _measured_peak(record, baseline, attributed_idx, phase_rows)
     elif record.cuda_model is not None:
         peak = _modelled_cuda_peak(record, step_start, phases, phase_rows)
+    elif mode is Mode.ESTIMATED:
+        peak = _estimated_cpu_peak(record, total, step_start, attributed_peak, attributed_idx, phases, phase_rows)
     else:
         peak = _Peak(attributed_peak, attributed_idx)
         for row in phase_rows.values():
             row["peak_bytes"] = row["attributed_peak_bytes"]
-        if mode is Mode.ESTIMATED:
-            peak.notes.append("estimate of tensor-owned bytes; memory no tensor owns (kernel workspaces) is not included")
     at_peak = timeline.at(peak.index)
     at_peak[Category.UNATTRIBUTED.value] = peak.peak - sum(at_peak.values())
     return StepProfileData(

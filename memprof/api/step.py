@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..aggregation.fit import search_batch_size
+from ..aggregation.fit import fitted_figure, search_batch_size
 from ..aggregation.step import build_profile
 from ..recording.runner import StepSpec, record_step
 from ..recording.user_step import InputSpec, StepRecipe, input_tensors
 from ..rendering.fit import BatchFit
 from ..rendering.step import StepProfile
+from ..units import format_bytes
 from ..validation import (
     BATCH_SIZE_LIMIT,
     UsageError,
@@ -48,6 +49,7 @@ class StepArgs:
     inputs: Any = None
     optimizer_settings: tuple[tuple[str, Any], ...] = ()
     recipe: StepRecipe = StepRecipe()
+    expandable_segments: bool = False
 
     def spec(self, batch_size: int | None = None) -> StepSpec:
         """The runner's :class:`~memprof.recording.runner.StepSpec` (at another batch size if given)."""
@@ -108,7 +110,8 @@ def run_profile_step(model: nn.Module, args: StepArgs, *, name: str | None = Non
     """
     if not isinstance(model, nn.Module):
         raise UsageError(f"expected an nn.Module, got {type(model).__name__}")
-    record = record_step(model, args.spec(), dtype=args.dtype, device=args.device, estimate=args.estimate, seed=seed)
+    record = record_step(model, args.spec(), dtype=args.dtype, device=args.device, estimate=args.estimate, seed=seed,
+                         expandable_segments=args.expandable_segments)
     profile = StepProfile.from_data(build_profile(
         record, name=name or type(model).__name__, batch_size=args.batch_size,
         input_shape=args.input_shape or record.input_shape, device=args.device, dtype=args.dtype,
@@ -135,6 +138,7 @@ def profile_step(
     estimate: bool = False,
     name: str | None = None,
     seed: int = 0,
+    expandable_segments: bool = False,
 ) -> StepProfile:
     """Measure (or estimate) the memory of one steady-state training step.
 
@@ -160,6 +164,7 @@ def profile_step(
         estimate: run under FakeTensorMode instead of allocating.
         name: the model name shown (default: the class name).
         seed: seeds the input batch and targets.
+        expandable_segments: a CUDA estimate models ``expandable_segments:True``.
 
     Returns:
         The :class:`~memprof.rendering.step.StepProfile`.
@@ -170,6 +175,8 @@ def profile_step(
     args = check_step_args(batch_size, input_shape, optimizer, dtype, device, estimate, inputs=inputs, loss_fn=loss_fn,
                            optimizer_settings=optimizer_settings, autocast=autocast,
                            accumulation_steps=accumulation_steps)
+    if expandable_segments:
+        args = replace(args, expandable_segments=True)
     return run_profile_step(model, args, name=name, seed=seed)
 
 
@@ -183,12 +190,16 @@ def fit_batch_size(
     device: str | torch.device = "cpu",
     name: str | None = None,
     max_batch_size: int = BATCH_SIZE_LIMIT,
+    expandable_segments: bool = False,
     **step: Any,
-) -> tuple[int, StepProfile | None]:
-    """The largest batch size whose estimated step peak fits ``memory`` bytes.
+) -> tuple[int, StepProfile]:
+    """The largest batch size whose estimated step fits ``memory`` bytes.
 
     Every probe is an estimate (FakeTensorMode: no memory); the search is
-    :func:`memprof.aggregation.fit.search_batch_size` (NOTE [ Fitting the batch size ]).
+    :func:`memprof.aggregation.fit.search_batch_size` (NOTE [ Fitting the batch size ]). The
+    figure held to the budget (:func:`memprof.aggregation.fit.fitted_figure`): on the CPU the
+    estimated allocator peak (tensors and kernel scratch), on CUDA the predicted
+    ``max_memory_reserved``.
 
     Args:
         model: the model.
@@ -199,17 +210,19 @@ def fit_batch_size(
         device: ``"cuda"`` applies the caching allocator model.
         name: the model name shown.
         max_batch_size: never probe above this.
+        expandable_segments: on CUDA, model ``expandable_segments:True``.
         step: further arguments of :func:`profile_step` (``inputs``, ``loss_fn``,
             ``optimizer_settings``, ``autocast``, ``accumulation_steps``).
 
     Returns:
-        ``(batch_size, profile at that size)``; ``(0, None)`` when not even the smallest batch fits.
+        ``(batch_size, profile at that size)``.
 
     Raises:
-        UsageError: for a bad argument, or a model that rejects every batch size tried.
+        UsageError: for a bad argument, a model that rejects every batch size tried, or a budget
+            below what the smallest batch needs ("even batch 1 needs ...").
     """
     found = fit_batch(model, memory, input_shape, optimizer=optimizer, dtype=dtype, device=device, name=name,
-                      max_batch_size=max_batch_size, **step)
+                      max_batch_size=max_batch_size, expandable_segments=expandable_segments, **step)
     return found.batch_size, found.profile
 
 
@@ -227,6 +240,7 @@ def fit_batch(
     device: str | torch.device = "cpu",
     name: str | None = None,
     max_batch_size: int = BATCH_SIZE_LIMIT,
+    expandable_segments: bool = False,
     **step: Any,
 ) -> BatchFit:
     """:func:`fit_batch_size`, returning the :class:`~memprof.rendering.fit.BatchFit` with what the search saw.
@@ -235,10 +249,13 @@ def fit_batch(
     rejects batch 1 in training mode), says so, and says when it stopped at ``max_batch_size``.
 
     Raises:
-        UsageError: for a bad argument, or a model that rejects every batch size of ``_FIRST_BATCHES``.
+        UsageError: for a bad argument, a model that rejects every batch size of ``_FIRST_BATCHES``,
+            or a budget below what the smallest accepted batch needs.
     """
     memory = check_positive_int("memory budget (bytes)", memory)
     base = check_step_args(1, input_shape, optimizer, dtype, device, True, **step)
+    if expandable_segments:
+        base = replace(base, expandable_segments=True)
     max_batch_size = check_positive_int("max batch size", max_batch_size)
     probes: dict[int, StepProfile] = {}
     label = name or type(model).__name__
@@ -246,7 +263,7 @@ def fit_batch(
     def peak(b: int) -> int:
         if b not in probes:
             probes[b] = run_profile_step(model, replace(base, batch_size=b), name=label)
-        return probes[b].peak_bytes
+        return fitted_figure(probes[b])[1]
 
     start, rejected, first_error = 0, "", None
     for b in (b for b in _FIRST_BATCHES if b <= max_batch_size):
@@ -263,7 +280,12 @@ def fit_batch(
     if not start:
         raise first_error or UsageError(f"no batch size up to {max_batch_size} to try")
     batch = search_batch_size(peak, memory, max_batch_size, start=start)
+    if batch == 0:
+        what, need = fitted_figure(probes[start])
+        why = f" (the model rejects smaller ones: {rejected})" if start > 1 else ""
+        raise UsageError(f"even batch {start} needs {format_bytes(need)} ({what}), more than the budget "
+                         f"{format_bytes(memory)} ({memory} bytes){why}")
     return BatchFit(label, memory, str(base.device), dtype_name(base.dtype), _optimizer_label(base.optimizer), batch,
-                    probes.get(batch) if batch else None, smallest_batch_size=start,
+                    probes[batch], smallest_batch_size=start,
                     smallest_peak_bytes=probes[start].peak_bytes, rejected=rejected if start > 1 else "",
                     max_batch_size=max_batch_size, capped=batch == max_batch_size)

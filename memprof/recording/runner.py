@@ -173,6 +173,10 @@ class StepRecord:
         cuda_model: for a CUDA estimate, ``(allocated, reserved)`` bytes after every event of the
             storage stream replayed through the caching-allocator model.
         cuda_not_modelled: what that model leaves out (said with every CUDA estimate).
+        kernels: in an estimate, what the target device's kernels add
+            (:class:`~memprof.recording.estimate.DeviceKernels`: workspaces, scratch, what is
+            not modelled).
+        expandable_segments: the CUDA model ran with ``expandable_segments:True``.
     """
 
     loss: torch.Tensor
@@ -187,6 +191,8 @@ class StepRecord:
     input_shape: tuple[int, ...] = ()
     #: what the loss was taken of: ``{"output": ..., "function": ...}`` (NOTE [ Which output the loss is taken of ])
     loss_choice: dict[str, str] = field(default_factory=dict)
+    kernels: Any = None
+    expandable_segments: bool = False
 
 
 def measure_step(
@@ -196,8 +202,12 @@ def measure_step(
     targets: torch.Tensor | None,
     allocator: CpuAllocatorTracker | CudaAllocatorTracker | None = None,
     recipe: StepRecipe | None = None,
+    kernels: Any = None,
 ) -> StepRecord:
     """Run one step under the storage tracker (and the allocator tracker, if given).
+
+    ``kernels``: in an estimate, the :class:`~memprof.recording.estimate.DeviceKernels` mode
+    already entered below the tracker; it is bound to the tracker's clock.
 
     Every hook is removed on exit, also when the step raises. The loss, the gradients and the
     updated parameters are bit-identical to those of :func:`run_step` (tests check it).
@@ -208,10 +218,12 @@ def measure_step(
     tracker = StorageTracker(model, optimizer, [*input_tensors(inputs), *([targets] if targets is not None else [])])
     device = input_tensors(inputs)[0].device
     gc.collect()
+    if kernels is not None:
+        kernels.bind(tracker)
     if allocator is None:
         with tracker.track():
             loss = run_step(model, optimizer, inputs, targets, tracker, recipe=recipe)
-        return StepRecord(loss, tracker, None, None, traced_on=device)
+        return StepRecord(loss, tracker, None, None, traced_on=device, kernels=kernels)
     if isinstance(allocator, CudaAllocatorTracker):
         tracker.listener = allocator
     with allocator.track():
@@ -354,6 +366,7 @@ def record_step(
     device: torch.device,
     estimate: bool,
     seed: int = 0,
+    expandable_segments: bool = False,
 ) -> StepRecord:
     """Record one steady-state training step of a copy of ``model`` (arguments already checked).
 
@@ -366,6 +379,7 @@ def record_step(
         dtype, device: of parameters and floating-point inputs.
         estimate: run on a fake copy instead of allocating.
         seed: seeds the input batch and the targets.
+        expandable_segments: a CUDA estimate models ``expandable_segments:True``.
 
     Returns:
         The :class:`StepRecord` (with the allocator's result when measured).
@@ -375,7 +389,7 @@ def record_step(
         memprof.errors.OutOfMemory: when a measured step does not fit (NOTE [ Out of memory is a result ]).
     """
     if estimate:
-        record = _record_fake_step(model, spec, dtype, device, seed)
+        record = _record_fake_step(model, spec, dtype, device, seed, expandable_segments)
     else:
         try:
             work = copy.deepcopy(model).to(device=device, dtype=dtype)
@@ -399,11 +413,16 @@ def record_step(
 # (the same ops and storage sizes, except cuDNN-specific extras such as the batch-norm
 # reserve space) and the caching-allocator model is applied to that trace.
 def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, device: torch.device,
-                      seed: int) -> StepRecord:
-    """:func:`record_step` under FakeTensorMode (NOTE [ CUDA estimates without a GPU ])."""
+                      seed: int, expandable_segments: bool = False) -> StepRecord:
+    """:func:`record_step` under FakeTensorMode (NOTE [ CUDA estimates without a GPU ]).
+
+    The fake step runs under :class:`~memprof.recording.estimate.DeviceKernels`, which gives
+    fake kernels the outputs and scratch of the target device's (NOTE [ What an estimate adds
+    to the fake step ]).
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from .estimate import NOT_MODELLED_CUDA, make_fake_model, simulate_cuda_allocator
+    from .estimate import NOT_MODELLED_CUDA, DeviceKernels, make_fake_model, simulate_cuda_allocator
 
     trace_dev = device if device.type != "cuda" or torch.cuda.is_available() else torch.device("cpu")
     mode = FakeTensorMode()
@@ -413,15 +432,20 @@ def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, devi
     with mode, _quiet_fake_tensor_log():
         x = _fake_inputs(real, mode, trace_dev)
         opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
-        targets = warm_up(work, opt, x, targets_for(spec.batch_size, trace_dev, seed), spec.recipe)
-        record = measure_step(work, opt, x, targets, recipe=spec.recipe)
+        with DeviceKernels(device.type, trace_dev.type):  # the warm-up holds real-sized workspaces too
+            targets = warm_up(work, opt, x, targets_for(spec.batch_size, trace_dev, seed), spec.recipe)
+        with DeviceKernels(device.type, trace_dev.type) as kernels:
+            record = measure_step(work, opt, x, targets, recipe=spec.recipe, kernels=kernels)
     record.traced_on = trace_dev
     record.input_shape = sample_shape(real)
     if device.type == "cuda":
         tracker = record.tracker
         lives = [(life.start, life.end, life.nbytes) for lives in tracker.lives.values() for life in lives]
-        record.cuda_model = simulate_cuda_allocator(lives, tracker.clock + 1)
+        lives += kernels.persistent_lives()
+        record.cuda_model = simulate_cuda_allocator(lives, tracker.clock + 1, transient=kernels.transient_allocations(),
+                                                    expandable_segments=expandable_segments)
         record.cuda_not_modelled = tuple(NOT_MODELLED_CUDA)
+        record.expandable_segments = expandable_segments
     return record
 
 
