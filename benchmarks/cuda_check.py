@@ -1,24 +1,43 @@
-"""Check every CUDA path of the step profiler and print estimated vs measured peaks.
+"""Check the CUDA paths of memprof on a GPU: predicted vs measured peaks, and fit vs the real maximum batch.
 
-For when a GPU is lent: one script, a few minutes. For each registered model and batch size it
-runs a measured CUDA step (max_memory_allocated / max_memory_reserved per step, phase and
-module) and a CUDA estimate (FakeTensorMode + the caching-allocator model), and prints:
+For when a GPU is lent (one script; ``--quick`` fits in a few minutes). Without a GPU it says so
+and exits 0; ``--dry-run`` runs only the predictions (no GPU needed) to check the script itself.
 
-- measured peak (allocated, reserved) vs estimated; the ratio estimated / measured;
-- tensor-owned (attributed) bytes, which must be equal in both (same storages);
-- the unattributed gap (cuDNN/cuBLAS workspaces and rounding);
-- that per-module allocator peaks exist, also for blocks recomputed inside reversible backward;
-- that a storage freed by resize_(0) is seen by the CUDA allocator tracker.
+1. ``resize_(0)`` is seen by the CUDA allocator tracker and the storage tracker alike.
+2. For each model and batch size: one real training step on the GPU (warm-up step first, then
+   ``reset_peak_memory_stats`` and the measured step) gives ``max_memory_allocated`` and
+   ``max_memory_reserved`` of the process; the CUDA estimate (FakeTensorMode on the GPU device,
+   nothing allocated, the caching-allocator model of memprof.recording.cuda_allocator, the
+   workspace rules of memprof.recording.workspace) predicts both. Printed side by side with the
+   ratio predicted / measured, once with default settings and once with expandable segments.
+   Targets (issue 13): both within 3%.
+3. fit vs the real maximum: the device is capped at ``--budget`` with
+   ``torch.cuda.set_per_process_memory_fraction``; ``memprof.fit_batch_size`` predicts the largest
+   batch whose reserved peak fits; a search with real steps (OutOfMemoryError caught) finds the
+   largest batch that really runs. Target: fit equal within 1 batch or 1%, never above.
 
-Exit code 1 if a check fails. Usage: python benchmarks/cuda_check.py [--batch-sizes 8,64] [--models ...]
+Exit code 1 if a check misses its target. Usage:
+    python benchmarks/cuda_check.py [--models vgg19,revvgg] [--batch-sizes 8,128] [--budget 4GiB] [--quick] [--dry-run]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+
+from benchmarks.estimate_panel import PANEL, panel_model
+
+MiB = 1 << 20
+
+
+def _mib(v: int | None) -> str:
+    return "-" if v is None else f"{v / MiB:,.1f} MiB"
 
 
 def check_resize() -> bool:
@@ -28,68 +47,144 @@ def check_resize() -> bool:
     dev = torch.device("cuda", torch.cuda.current_device())
     tracker = StorageTracker(torch.nn.Linear(2, 2).to(dev), None, [])
     alloc = CudaAllocatorTracker(dev)
-    mib = 1 << 20
     with alloc.track(), tracker.track():
         start = tracker.live
-        a = torch.empty(mib // 4, device=dev)
+        a = torch.empty(MiB // 4, device=dev)
         a.untyped_storage().resize_(0)
-        b = torch.empty(mib // 4, device=dev)
+        b = torch.empty(MiB // 4, device=dev)
         del a, b
-    ok = alloc.result.peak_increase == mib and tracker.peak - start == mib
-    print(f"resize_(0) seen: allocator peak +{alloc.result.peak_increase} B, tracker +{tracker.peak - start} B "
-          f"(expect {mib} each): {'ok' if ok else 'FAIL'}")
+    ok = alloc.result is not None and alloc.result.peak_increase == MiB and tracker.peak - start == MiB
+    print(f"resize_(0) seen by both trackers: {'ok' if ok else 'FAIL'}")
     return ok
 
 
-def main() -> int:
-    from memprof.api.step import profile_step
-    from memprof.models import get_model, get_model_info, list_models
-    from memprof.units import format_bytes
+def _fresh_device() -> None:
+    gc.collect()
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()  # the estimate allocates the cuBLAS workspace inside the step, as a fresh process does
+    torch.cuda.empty_cache()
 
-    ap = argparse.ArgumentParser(description="check the CUDA paths of memprof profile")
-    ap.add_argument("--models", default=",".join(list_models()), help="comma-separated (default: all registered)")
+
+def real_step_peaks(name: str, batch: int) -> tuple[int, int]:
+    """(max_memory_allocated, max_memory_reserved) of one real steady-state step of a fresh model."""
+    from memprof.recording.runner import make_optimizer, run_step, targets_for, warm_up
+
+    pm = panel_model(name)
+    _fresh_device()
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = pm.build().to(dev).train()
+    x = torch.randn(batch, *pm.input_shape, device=dev)
+    opt = make_optimizer("sgd", model.parameters())
+    targets = warm_up(model, opt, x, targets_for(batch, dev, 0))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    run_step(model, opt, x, targets)
+    torch.cuda.synchronize()
+    result = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+    del model, x, opt, targets
+    _fresh_device()
+    return result
+
+
+def runs(name: str, batch: int) -> bool:
+    """Whether one warm-up step and one step at ``batch`` run within the capped device."""
+    try:
+        real_step_peaks(name, batch)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        _fresh_device()
+        return False
+
+
+def real_max_batch(name: str, start: int) -> int:
+    """The largest batch that really runs: grow from ``start`` until an OOM, then bisect."""
+    lo, hi = 0, None
+    b = max(start, 1)
+    while hi is None:
+        if runs(name, b):
+            lo, b = b, b * 2
+        else:
+            hi = b
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if runs(name, mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def main() -> int:
+    from memprof.aggregation.fit import fitted_figure
+    from memprof.api.step import fit_batch_size, profile_step
+    from memprof.units import parse_bytes
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="vgg19,revvgg,irevvgg,lstm-lm,transformer-encoder,resnet50,vit-small-64",
+                    help=f"comma-separated panel models (default: seven of {', '.join(m.name for m in PANEL)})")
     ap.add_argument("--batch-sizes", default="8,128", help="comma-separated (default: 8,128)")
+    ap.add_argument("--budget", default="4GiB", help="device cap for the fit check (default: 4GiB)")
+    ap.add_argument("--quick", action="store_true", help="three models, batch 32, fit on two (default: off)")
+    ap.add_argument("--dry-run", action="store_true", help="predictions only, no GPU needed (default: off)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to check")
+    models = args.models.split(",")
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    fit_models = models
+    if args.quick:
+        models, batches, fit_models = ["vgg19", "lstm-lm", "vit-small-64"], [32], ["vgg19", "lstm-lm"]
+    have_gpu = torch.cuda.is_available()
+    if not have_gpu and not args.dry_run:
+        print("no CUDA device: nothing to check (--dry-run runs the predictions alone)")
         return 0
-    print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}")
-    failures = 0 if check_resize() else 1
-    mib = lambda v: format_bytes(v, "MiB")  # noqa: E731
-    header = (f"{'model':<8} {'batch':>5} {'meas. peak':>12} {'est. peak':>12} {'est/meas':>8} "
-              f"{'meas. reserved':>15} {'est. reserved':>14} {'attributed (meas=est)':>24} {'gap':>10} {'step s':>7}")
-    print(header)
-    act: dict[tuple[str, int], int] = {}
-    for name in args.models.split(","):
-        shape = get_model_info(name).input_shape
-        for b in map(int, args.batch_sizes.split(",")):
-            torch.manual_seed(0)
-            model = get_model(name)
-            m = profile_step(model, b, shape, device="cuda", name=name)
-            e = profile_step(model, b, shape, device="cuda", estimate=True, name=name)
-            same = (m.attributed_peak_bytes == e.attributed_peak_bytes
-                    and m.activation_peak_bytes == e.activation_peak_bytes)
-            modules_ok = all(r.get("forward_allocated_peak_bytes") is not None for r in m.modules if r["calls"])
-            recompute_ok = name == "vgg19" or any(
-                r.get("backward_allocated_peak_bytes") is not None and ".F" in r["name"] for r in m.modules)
-            adds_up = sum(m.at_peak.values()) == m.peak_bytes and m.at_peak["unattributed"] >= 0
-            ok = same and modules_ok and recompute_ok and adds_up
-            failures += not ok
-            print(f"{name:<8} {b:>5} {mib(m.peak_bytes):>12} {mib(e.peak_bytes):>12} {e.peak_bytes / m.peak_bytes:>8.3f} "
-                  f"{mib(m.reserved_peak_bytes):>15} {mib(e.reserved_peak_bytes):>14} "
-                  f"{mib(m.attributed_peak_bytes) + ('' if same else ' != ' + mib(e.attributed_peak_bytes)):>24} "
-                  f"{mib(m.at_peak['unattributed']):>10} {m.step_time_s:>7.3f}"
-                  + ("" if ok else f"  FAIL same={same} modules={modules_ok} recompute={recompute_ok} adds_up={adds_up}"))
-            act[(name, b)] = m.activation_peak_bytes
-            for ph in ("forward", "backward", "optimizer"):
-                print(f"{'':<14} {ph:<9} measured {mib(m.phases[ph]['peak_bytes'])}, estimated {mib(e.phases[ph]['peak_bytes'])}")
-            del model
-            torch.cuda.empty_cache()
-    print("\nactivation peak (measured on this GPU, tensor-owned), relative to vgg19's at the same batch:")
-    for (name, b), v in act.items():
-        ref = act.get(("vgg19", b))
-        print(f"  {name:<8} batch {b:>4}: {mib(v):>12}" + (f"  {v / ref:.3f} of vgg19" if ref else ""))
-    print("all CUDA checks passed" if failures == 0 else f"{failures} CUDA check(s) FAILED")
+    print(f"device: {torch.cuda.get_device_name() if have_gpu else 'none (dry run)'} | torch {torch.__version__}")
+    failures = 0 if args.dry_run else (0 if check_resize() else 1)
+    print("\nmodel | batch | expandable | measured allocated | predicted | pred/meas | measured reserved | "
+          "predicted | pred/meas")
+    for name in models:
+        pm = panel_model(name)
+        for b in batches:
+            measured = (None, None) if args.dry_run else real_step_peaks(name, b)
+            for expandable in (False, True):
+                torch.manual_seed(0)
+                est = profile_step(pm.build(), b, pm.input_shape, device="cuda", estimate=True, name=name,
+                                   expandable_segments=expandable)
+                pa, pr = est.peak_bytes, est.reserved_peak_bytes or 0
+                ma, mr = measured
+                if expandable and ma is not None:  # the real run used the default settings
+                    ma = mr = None
+                ra = f"{pa / ma:.3f}" if ma else "-"
+                rr = f"{pr / mr:.3f}" if mr else "-"
+                miss = ma is not None and (abs(pa / ma - 1) > 0.03 or abs(pr / mr - 1) > 0.03)
+                failures += miss
+                print(f"{name} | {b} | {'on' if expandable else 'off'} | {_mib(ma)} | {_mib(pa)} | {ra} | "
+                      f"{_mib(mr)} | {_mib(pr)} | {rr}" + ("  MISSES 3%" if miss else ""), flush=True)
+                if not expandable:
+                    for note in est.notes:
+                        if note.startswith("not modelled"):
+                            print(f"    {note}")
+    budget = parse_bytes(args.budget)
+    print(f"\nfit at a {args.budget} cap (set_per_process_memory_fraction): predicted vs real maximum batch")
+    for name in fit_models:
+        pm = panel_model(name)
+        torch.manual_seed(0)
+        batch, prof = fit_batch_size(pm.build(), budget, pm.input_shape, device="cuda", name=name)
+        figure, fitted = fitted_figure(prof)
+        if args.dry_run:
+            print(f"{name}: fit {batch} ({figure} {_mib(fitted)})")
+            continue
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(budget / total)
+        try:
+            real = real_max_batch(name, max(batch // 2, 1))
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        ok = batch <= real and (real - batch <= 1 or real - batch <= 0.01 * real)
+        failures += not ok
+        print(f"{name}: fit {batch} ({figure} {_mib(fitted)}), real maximum {real}: "
+              f"{'ok' if ok else 'MISSES (fit must be <= real, within 1 batch or 1%)'}", flush=True)
+    print("all CUDA checks met their targets" if failures == 0 else f"{failures} CUDA check(s) missed")
     return 1 if failures else 0
 
 

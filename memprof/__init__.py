@@ -20,6 +20,7 @@ _PUBLIC: dict[str, str] = {
     "fit_batch_size": "memprof.api.step",
     "profile_step": "memprof.api.step",
     "sweep": "memprof.api.sweep",
+    "track": "memprof.api.track",
     "layer_table": "memprof.api.table",
     "get_model": "memprof.models",
     "get_model_info": "memprof.models",
@@ -28,6 +29,7 @@ _PUBLIC: dict[str, str] = {
     "LayerTable": "memprof.rendering.layer_table",
     "StepProfile": "memprof.rendering.step",
     "SweepResult": "memprof.rendering.sweep",
+    "TrackRecording": "memprof.rendering.tracked",
     "AdditiveCoupling": "memprof.reversible",
     "ChannelZeroPad": "memprof.reversible",
     "Invertible1x1Conv": "memprof.reversible",
@@ -47,12 +49,14 @@ if TYPE_CHECKING:  # pragma: no cover - what type checkers and IDEs see
     from .api.step import fit_batch, fit_batch_size, profile_step
     from .api.sweep import sweep
     from .api.table import layer_table
+    from .api.track import track
     from .errors import OutOfMemory
     from .models import get_model, get_model_info, list_models
     from .rendering.compare import StrategyComparison
     from .rendering.layer_table import LayerTable
     from .rendering.step import StepProfile
     from .rendering.sweep import SweepResult
+    from .rendering.tracked import TrackRecording
     from .reversible import (
         AdditiveCoupling,
         ChannelZeroPad,

@@ -96,7 +96,7 @@ def parse_mode(mode: Any) -> Mode:
 
 
 def check_optimizer(name: Any) -> str:
-    """``sgd`` or ``adam``."""
+    """``sgd``, ``adam`` or ``adamw``."""
     return str(check_choice("optimizer", name, OPTIMIZERS))
 
 

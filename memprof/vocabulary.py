@@ -31,6 +31,7 @@ __all__ = [
     "STATE_CATEGORIES",
     "TABLE_DEVICES",
     "TRACKED_CATEGORIES",
+    "TrackMode",
     "dtype_name",
 ]
 
@@ -94,6 +95,18 @@ class Phase(Word):
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 
 
+class TrackMode(Word):
+    """How much ``memprof.track()`` records.
+
+    ``fast`` (default): allocator events + module, step and saved-tensor hooks; temporaries
+    include kernel workspaces. ``fine``: also a per-op dispatch mode that sees which blocks a
+    tensor owns: kernel workspaces are reported as ``unattributed`` (slower: Python per op).
+    """
+
+    FAST = "fast"
+    FINE = "fine"
+
+
 class Format(Word):
     """Output formats of every result's ``render(format)``."""
 
@@ -112,6 +125,7 @@ class Optimizer(Word):
 
     SGD = "sgd"
     ADAM = "adam"
+    ADAMW = "adamw"
 
 
 OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in Optimizer)

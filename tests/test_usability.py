@@ -398,7 +398,7 @@ def test_loss_fn_chooses_the_loss():
             return {"first": self.a(x), "second": self.b(x)}
 
     prof = memprof.profile_step(TwoOutputs(), 4, (8,), estimate=True,
-                                loss_fn=lambda out: out["first"].sum() + out["second"].pow(2).mean())
+                                loss_fn=lambda out, inputs: out["first"].sum() + out["second"].pow(2).mean())
     assert prof.to_dict()["loss"]["function"] == "loss_fn"
 
 

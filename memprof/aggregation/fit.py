@@ -7,8 +7,20 @@ is one estimated step): nothing here runs a model.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["search_batch_size"]
+__all__ = ["fitted_figure", "search_batch_size"]
+
+
+def fitted_figure(profile: Any) -> tuple[str, int]:
+    """``(name, bytes)`` of the figure a fit holds to the budget.
+
+    On the CPU the estimated allocator peak (tensors and kernel scratch); on CUDA the predicted
+    ``max_memory_reserved``: the device must hold every reserved segment, and reserved >= allocated.
+    """
+    if str(profile.device).startswith("cuda") and profile.reserved_peak_bytes is not None:
+        return "predicted max_memory_reserved", int(profile.reserved_peak_bytes)
+    return "estimated allocator peak", int(profile.peak_bytes)
 
 
 # NOTE [ Fitting the batch size ]

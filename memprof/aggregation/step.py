@@ -2,8 +2,8 @@
 
 :func:`build_profile` reads a :class:`~memprof.recording.runner.StepRecord` (the trackers after
 the step) and returns a :class:`StepProfileData`: plain numbers, no rendering. ``peak_bytes``
-is allocator truth when measured, the tensor-owned estimate when estimated (or the CUDA
-caching-allocator model's figure for a CUDA estimate).
+is allocator truth when measured; when estimated, the tensor-owned bytes plus the kernel scratch
+of memprof.recording.workspace (or the CUDA caching-allocator model's figure for a CUDA estimate).
 """
 
 from __future__ import annotations
@@ -152,7 +152,12 @@ def _measured_peak(record: StepRecord, baseline: int, index: int, phase_rows: di
     return out
 
 
-def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, tuple[int, int]],
+def _span_max(values: np.ndarray, spans: list[tuple[int, int]]) -> int:
+    """The highest value over the spans of one phase (a phase repeats under gradient accumulation)."""
+    return max(int(values[s : e + 1].max()) for s, e in spans)
+
+
+def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, list[tuple[int, int]]],
                         phase_rows: dict[str, Any]) -> _Peak:
     """A CUDA estimate: the storage stream replayed through the caching-allocator model."""
     assert record.cuda_model is not None
@@ -160,9 +165,39 @@ def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, t
     index = int(step_start + np.argmax(allocated[step_start:]))
     out = _Peak(int(allocated[index]), index, int(reserved[step_start:].max()))
     for ph in PHASES:
-        s, e = phases[ph]
-        phase_rows[ph]["peak_bytes"] = int(allocated[s : e + 1].max())
-    out.notes.append("CUDA caching-allocator model; not modelled: " + "; ".join(record.cuda_not_modelled))
+        phase_rows[ph]["peak_bytes"] = _span_max(allocated, phases[ph])
+    out.notes.append("CUDA caching-allocator model" + (" (expandable segments)" if record.expandable_segments else "")
+                     + "; predictions not yet checked on a GPU; not modelled: " + "; ".join(record.cuda_not_modelled))
+    if record.kernels is not None:
+        out.notes += record.kernels.notes()
+    return out
+
+
+def _estimated_cpu_peak(record: StepRecord, total: np.ndarray, step_start: int, attributed_peak: int,
+                        attributed_idx: int, phases: dict[str, list[tuple[int, int]]], phase_rows: dict[str, Any]) -> _Peak:
+    """A CPU estimate: tensor-owned bytes, and inside each op with a rule its kernel's scratch.
+
+    NOTE [ What an estimate adds to the fake step ] (memprof.recording.estimate): the peak is the
+    larger of the tensor-owned peak and every op's "live before + its outputs + its scratch";
+    the breakdown stays the one at the tensor-owned peak, the scratch shows as ``unattributed``
+    (as a measurement's does).
+    """
+    out = _Peak(attributed_peak, attributed_idx)
+    kernels = record.kernels
+    for ph, row in phase_rows.items():
+        row["peak_bytes"] = row["attributed_peak_bytes"]
+    if kernels is None:
+        out.notes.append("estimate of tensor-owned bytes; memory no tensor owns (kernel workspaces) is not included")
+        return out
+    inside, where = kernels.peak_inside_ops(total, step_start)
+    if where is not None and inside > out.peak:
+        out.peak = inside
+        out.notes.append(f"the estimated peak falls inside {where.op.replace('.default', '')} (kernel scratch "
+                         f"{where.scratch / 2**20:.2f} MiB: memprof.recording.workspace)")
+    for ph, row in phase_rows.items():
+        inside_phase = max((kernels.peak_inside_ops(total, s, e)[0] for s, e in phases[ph]), default=0)
+        row["peak_bytes"] = max(row["attributed_peak_bytes"] or 0, inside_phase)
+    out.notes += kernels.notes()
     return out
 
 
@@ -186,8 +221,10 @@ def build_profile(
     tracker = record.tracker
     timeline = tracker.timeline()
     total = timeline.total
-    phases = {p: (s, e) for p, s, e in timeline.phases}
-    step_start = phases[Phase.FORWARD.value][0]
+    phases: dict[str, list[tuple[int, int]]] = {}
+    for p, s, e in timeline.phases:  # forward and backward repeat under gradient accumulation
+        phases.setdefault(p, []).append((s, e))
+    step_start = phases[Phase.FORWARD.value][0][0]
     baseline = int(total[step_start])
     attributed_idx = int(step_start + np.argmax(total[step_start:]))
     attributed_peak = int(total[attributed_idx])
@@ -196,19 +233,19 @@ def build_profile(
     non_state = [c for c in TRACKED_CATEGORIES if c not in STATE_CATEGORIES]
     holders = [{"category": c, "module": o, "bytes": b} for c, o, b in tracker.holders_at(activation_idx, non_state)[:10]]
     phase_rows: dict[str, dict[str, int | None]] = {
-        ph: {"peak_bytes": None, "attributed_peak_bytes": int(total[phases[ph][0] : phases[ph][1] + 1].max())}
+        ph: {"peak_bytes": None, "attributed_peak_bytes": _span_max(total, phases[ph])}
         for ph in PHASES
     }
     if record.allocator is not None:
         peak = _measured_peak(record, baseline, attributed_idx, phase_rows)
     elif record.cuda_model is not None:
         peak = _modelled_cuda_peak(record, step_start, phases, phase_rows)
+    elif mode is Mode.ESTIMATED:
+        peak = _estimated_cpu_peak(record, total, step_start, attributed_peak, attributed_idx, phases, phase_rows)
     else:
         peak = _Peak(attributed_peak, attributed_idx)
         for row in phase_rows.values():
             row["peak_bytes"] = row["attributed_peak_bytes"]
-        if mode is Mode.ESTIMATED:
-            peak.notes.append("estimate of tensor-owned bytes; memory no tensor owns (kernel workspaces) is not included")
     at_peak = timeline.at(peak.index)
     at_peak[Category.UNATTRIBUTED.value] = peak.peak - sum(at_peak.values())
     return StepProfileData(

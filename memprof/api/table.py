@@ -115,19 +115,6 @@ def check_table_args(
                      None, None)
 
 
-# NOTE [ Reduced precision on the meta device ]
-# In bfloat16/float16 a training-mode BatchNorm saves its per-channel batch mean and inverse
-# std. The meta kernels (like CUDA's) keep them in float32; the CPU kernel keeps them in the
-# input dtype. So a meta pass counts 4 bytes per BatchNorm channel more than a CPU pass (a few
-# KiB for VGG-19, independent of the batch size); everything else is identical. The table says
-# so, and --device cpu/cuda measures a given device exactly.
-_REDUCED_BN_NOTE = (
-    "In reduced precision the meta pass keeps each BatchNorm's saved batch statistics in float32, "
-    "as CUDA does; the CPU kernel keeps them in the input dtype (4 B per channel less). Use "
-    "--device cpu or cuda to measure one device exactly."
-)
-
-
 def _build_registered(name: str, device: str) -> nn.Module:
     """Build a registered model; for a meta pass, directly on the meta device (no weight init)."""
     from ..models import get_model
@@ -163,10 +150,6 @@ def run_layer_table(args: TableArgs, module: nn.Module | None = None, *, all_row
         depth=args.depth, device=args.device, model_name=name,
     )
     notes = [args.seed_note] if args.seed_note else []
-    if args.device == "meta" and args.dtype != torch.float32 and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()
-    ):
-        notes.append(_REDUCED_BN_NOTE)
     return LayerTable.from_data(build_layer_table(recording, all_rows=all_rows, seed=args.seed, notes=notes))
 
 
@@ -196,8 +179,9 @@ def layer_table(
         depth: rows are the modules whose qualified name has ``depth`` dot-separated parts,
             and leaves above that (like torchinfo's depth). None: the registered model's
             default (the deck's rows), or every leaf for an ``nn.Module``; 0: one row.
-        device: ``meta`` (default: exact shapes, dtypes and storages without arithmetic; follows
-            the CPU's dispatch), ``cpu`` or ``cuda`` for a real pass.
+        device: ``meta`` (default: exact shapes, dtypes and storages without arithmetic: fake
+            CPU tensors that take the CPU's kernels, NOTE [ The meta pass runs on fake CPU
+            tensors ]), ``cpu`` or ``cuda`` for a real pass.
         all_rows: show every row: in-place ReLU rows unfolded, empty rows not hidden.
 
     Returns:

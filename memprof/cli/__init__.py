@@ -31,6 +31,7 @@ VERBS: dict[str, str] = {
     "compare": "memprof.cli.compare",
     "train": "memprof.cli.train",
     "report": "memprof.cli.report",
+    "run": "memprof.cli.run",
 }
 
 

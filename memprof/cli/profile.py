@@ -13,7 +13,7 @@ HELP = ("memory of one training step: allocator peak, breakdown at the peak, mod
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ._common import model_help
+    from ._common import add_step_options, model_help
 
     p = sub.add_parser(
         "profile",
@@ -24,11 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "With --estimate nothing is allocated (FakeTensorMode).",
     )
     p.add_argument("model", help=model_help())
+    add_step_options(p)
     p.add_argument("--batch-size", default="32", help="samples per step (default: 32)")
     p.add_argument("--input-shape", default=None,
                    help="one sample's shape, e.g. 3,32,32 (default: the registered model's; "
                    "required for package.module:factory)")
-    p.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam (default: sgd)")
     p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPE_NAMES)} (default: float32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--estimate", action="store_true",
@@ -56,10 +56,12 @@ def run(args: argparse.Namespace) -> int:
     if args.timeline is not None:
         check_output_file(args.timeline, suffix=".png", what="--timeline")
     from ..api.step import check_step_args, run_profile_step
-    from ._common import build_model, resolve_model
+    from ._common import build_model, resolve_model, step_options
 
-    model, name, shape = resolve_model(args.model, args.input_shape)
-    checked = check_step_args(args.batch_size, shape, args.optimizer, args.dtype, args.device, args.estimate)
+    step = step_options(args)
+    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None)
+    checked = check_step_args(args.batch_size, shape, dtype=args.dtype, device=args.device, estimate=args.estimate,
+                              **step)
     prof = run_profile_step(build_model(model), checked, name=name)
     print(prof.render(fmt, depth=depth, top=top), end="")
     if args.timeline is not None:

@@ -17,7 +17,7 @@ step's resident state (parameters, optimizer state, input batch) that was alread
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +28,9 @@ __all__ = [
     "ConvScratch",
     "CpuAllocatorTracker",
     "CudaAllocatorTracker",
+    "OpScratch",
     "conv_backward_scratch",
+    "measure_op_scratch",
     "make_allocator_tracker",
 ]
 
@@ -259,3 +261,91 @@ def conv_backward_scratch(in_channels: int, out_channels: int, size: int, batch_
     assert tracker.result is not None and x.grad is not None and conv.weight.grad is not None
     tensors = x.grad.untyped_storage().nbytes() + conv.weight.grad.untyped_storage().nbytes()
     return ConvScratch(x.untyped_storage().nbytes(), tensors, tracker.result.peak_increase)
+
+
+@dataclass
+class OpScratch:
+    """What one ATen op held at its peak beyond what it left behind (see :func:`measure_op_scratch`).
+
+    Attributes:
+        op: the overload's name, e.g. ``aten.convolution_backward.default``.
+        args: the op's arguments with every tensor replaced by ``(shape, dtype)``.
+        scratch_bytes: allocator peak inside the op minus the larger of the live bytes before
+            and after it: memory no tensor the op returns owns (kernel workspace, reorders).
+        predicted_bytes: what ``predict`` said for this call (None without a prediction).
+    """
+
+    op: str
+    args: tuple
+    scratch_bytes: int
+    predicted_bytes: int | None = None
+
+
+_OP_PREFIX = "memprof_op#"
+
+
+def _describe(obj: object) -> object:
+    if isinstance(obj, torch.Tensor):
+        return (tuple(obj.shape), str(obj.dtype).replace("torch.", ""))
+    if isinstance(obj, (list, tuple)):
+        return tuple(_describe(o) for o in obj)
+    return obj
+
+
+def measure_op_scratch(
+    body: Callable[[], object], predict: Callable[[object, tuple, dict, object], int | None] | None = None
+) -> list[OpScratch]:
+    """Run ``body`` for real on the CPU and measure every ATen op's scratch at the allocator.
+
+    Every op that a ``TorchDispatchMode`` sees (the granularity of the storage tracker and of
+    an estimate) runs inside a profiler range of its own; the profiler's memory events give the
+    allocator's live bytes over time, hence each op's peak. Ops with no scratch are left out.
+
+    Args:
+        body: the code to run (e.g. a training step).
+        predict: ``f(func, args, kwargs, out)`` giving a predicted scratch per call (or None),
+            kept beside the measurement (calls with a prediction are kept even without scratch).
+
+    Returns:
+        One :class:`OpScratch` per op call that held scratch or has a prediction, in call order.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: list[tuple[str, tuple, int | None]] = []
+
+    class _Ranges(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            kwargs = kwargs or {}
+            index = len(calls)
+            calls.append((str(func), _describe(args), None))  # type: ignore[arg-type]
+            with torch.profiler.record_function(f"{_OP_PREFIX}{index}"):
+                out = func(*args, **kwargs)
+            if predict is not None:
+                calls[index] = (calls[index][0], calls[index][1], predict(func, args, kwargs, out))
+            return out
+
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+    with prof, _Ranges():
+        body()
+    mem: list[tuple[int, int]] = []
+    ranges: list[tuple[int, int, int]] = []
+    for e in prof.profiler.kineto_results.events():  # type: ignore[union-attr]
+        name = e.name()
+        if name == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU:
+            mem.append((e.start_ns(), e.nbytes()))
+        elif name.startswith(_OP_PREFIX):
+            ranges.append((int(name[len(_OP_PREFIX):]), e.start_ns(), e.end_ns()))
+    mem.sort(key=lambda x: x[0])
+    times = np.array([t for t, _ in mem], dtype=np.int64)
+    live = np.cumsum(np.array([b for _, b in mem], dtype=np.int64)) if mem else np.zeros(0, np.int64)
+    out: list[OpScratch] = []
+    for i, start, end in sorted(ranges):
+        i0, i1 = int(np.searchsorted(times, start, "left")), int(np.searchsorted(times, end, "right"))
+        if i1 <= i0:
+            continue
+        before = int(live[i0 - 1]) if i0 > 0 else 0
+        scratch = int(live[i0:i1].max()) - max(before, int(live[i1 - 1]))
+        op, described, predicted = calls[i]
+        if scratch > 0 or predicted is not None:
+            out.append(OpScratch(op, described, max(scratch, 0), predicted))
+    return out

@@ -1,205 +1,217 @@
-"""Estimation without allocating: fake models, and the CUDA caching allocator's rounding rules.
+"""Estimation without allocating: fake models whose kernels hold what the real device's hold.
 
 An estimate runs the very same training step as a measurement, with the same trackers, but on
 a copy of the model whose parameters and buffers are ``FakeTensor``\\ s (shapes, dtypes and
 devices, no data): every op produces fake outputs with fake storages that are sized, saved and
-freed exactly as real ones would be. Nothing is allocated, so VGG-19 at batch 8192 takes
-seconds. On the CPU the storage bytes of an estimate equal those of a measurement byte for
-byte (tests check it); what an estimate cannot see is memory that no tensor owns.
+freed as real ones would be. Nothing is allocated, so VGG-19 at batch 8192 takes seconds.
 
-For a CUDA target the stream of storage allocations and frees is replayed through
-:class:`CudaCachingAllocatorModel`, a model of PyTorch's caching allocator
-(``c10/cuda/CUDACachingAllocator.cpp``, default settings):
+Fake execution dispatches like the device it stands for: a fake CPU tensor reports device
+``cpu``, so composite ops take the CPU's branches (``nn.LSTM`` -> oneDNN's ``mkldnn_rnn_layer``,
+``scaled_dot_product_attention`` -> the CPU flash kernel), and only the kernels themselves are
+replaced by meta kernels. Where a meta kernel's outputs differ from the real kernel's, and for
+the scratch a kernel holds inside itself, :class:`DeviceKernels` applies the rules of
+:mod:`memprof.recording.workspace` (NOTE [ What an estimate adds to the fake step ]).
 
-- every request is rounded up to a multiple of 512 bytes (at least 512; a 0-byte request
-  allocates nothing);
-- requests of at most 1 MiB are served from the *small pool*, whose segments are 2 MiB;
-  larger requests from the *large pool*, whose segments are 20 MiB for requests under 10 MiB
-  and otherwise the request rounded up to a multiple of 2 MiB;
-- a request takes the smallest cached free block that fits (ties: lowest address); the block
-  is split when the remainder is at least 512 bytes (small pool) or more than 1 MiB (large
-  pool), otherwise the whole block is handed out and counted as allocated;
-- freed blocks stay cached in their segment and merge with free neighbours; nothing is given
-  back to the driver (no ``empty_cache``).
-
-Not modelled: cuDNN and cuBLAS workspaces, the CUDA context (hundreds of MiB outside the
-allocator), ``PYTORCH_CUDA_ALLOC_CONF`` options (``expandable_segments``,
-``max_split_size_mb``, ``roundup_power2_divisions``), several streams, and the order in which
-the model's own tensors were allocated before the step (it affects fragmentation, hence the
-reserved figure, not the allocated one).
+For a CUDA target the allocations and frees are replayed through the caching-allocator model of
+:mod:`memprof.recording.cuda_allocator` (re-exported here).
 """
 
 from __future__ import annotations
 
-import bisect
 import copy
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .cuda_allocator import (
+    NOT_MODELLED_CUDA,
+    CudaCachingAllocatorModel,
+    CudaOutOfMemory,
+    round_cuda_request,
+    simulate_cuda_allocator,
+)
+from .workspace import NOT_MODELLED, find_output_rule, find_scratch_rule
 
 __all__ = [
-    "CudaCachingAllocatorModel",
     "NOT_MODELLED_CUDA",
+    "CudaCachingAllocatorModel",
+    "CudaOutOfMemory",
+    "DeviceKernels",
+    "KernelScratch",
     "make_fake_model",
     "round_cuda_request",
     "simulate_cuda_allocator",
 ]
 
-KMIN_BLOCK = 512
-KSMALL_SIZE = 1 << 20
-KSMALL_BUFFER = 2 << 20
-KLARGE_BUFFER = 20 << 20
-KMIN_LARGE_ALLOC = 10 << 20
-KROUND_LARGE = 2 << 20
 
-#: What the CUDA estimate leaves out (printed with every CUDA estimate and in the report).
-NOT_MODELLED_CUDA = (
-    "cuDNN/cuBLAS workspaces and other kernel scratch memory",
-    "the CUDA context (outside the caching allocator)",
-    "PYTORCH_CUDA_ALLOC_CONF options (expandable segments, max_split_size_mb, power-of-2 rounding)",
-    "multiple streams; the allocation order of tensors created before the step (affects reserved only)",
-)
-
-
-def round_cuda_request(nbytes: int) -> int:
-    """The block size the caching allocator hands out for a request of ``nbytes`` (before splitting)."""
-    if nbytes <= 0:
-        return 0
-    if nbytes < KMIN_BLOCK:
-        return KMIN_BLOCK
-    return KMIN_BLOCK * ((nbytes + KMIN_BLOCK - 1) // KMIN_BLOCK)
-
-
-def _segment_size(rounded: int) -> int:
-    if rounded <= KSMALL_SIZE:
-        return KSMALL_BUFFER
-    if rounded < KMIN_LARGE_ALLOC:
-        return KLARGE_BUFFER
-    return KROUND_LARGE * ((rounded + KROUND_LARGE - 1) // KROUND_LARGE)
-
-
+# NOTE [ What an estimate adds to the fake step ]
+# DeviceKernels is a dispatch mode entered between FakeTensorMode (below) and the storage
+# tracker (above), so every op the tracker sees passes through it:
+# 1. outputs a meta kernel sizes differently from the real kernel are replaced by fake tensors
+#    of the real size before the tracker and autograd see them (the oneDNN LSTM workspace that
+#    autograd saves): tensor-owned bytes and saved bytes then equal a real run's;
+# 2. for an op with a scratch rule it records (the tracker's clock before the op, the bytes of
+#    the op's new outputs, the scratch bytes): inside the op the allocator held the bytes live
+#    before it, its outputs and the scratch at once. The estimated step peak is the larger of
+#    the tensor-owned peak and every op's "before + outputs + scratch"; a CUDA estimate replays
+#    the scratch as an allocation right after the op's outputs, freed at once;
+# 3. ops known to hold memory no rule models on the target device are counted, and the
+#    estimate names them with the bytes at stake (their inputs' and outputs' size).
 @dataclass
-class _Block:
-    addr: int
-    size: int
-    segment: int
-    small: bool
-    free: bool = True
+class KernelScratch:
+    """One op call's memory beyond the tensors it leaves behind."""
+
+    clock: int  #: the tracker's clock before the op (live bytes then: ``timeline.total[clock]``)
+    new_outputs: int  #: bytes of storages the op created
+    n_outputs: int  #: how many storages it created (the tracker ticks once for each)
+    scratch: int  #: bytes the rule gives
+    op: str
+    persistent: bool = False
 
 
-class CudaCachingAllocatorModel:
-    """A model of the CUDA caching allocator's block bookkeeping (one stream, default settings)."""
-
-    def __init__(self) -> None:
-        self._blocks: dict[int, _Block] = {}
-        self._ends: dict[int, int] = {}  # end address -> block address
-        self._free: dict[bool, list[tuple[int, int]]] = {True: [], False: []}  # pool -> sorted (size, addr)
-        self._segments: dict[int, tuple[int, int]] = {}  # id -> (base, size)
-        self._next_base = 0
-        self.allocated = 0
-        self.reserved = 0
-
-    def _insert(self, b: _Block) -> None:
-        self._blocks[b.addr] = b
-        self._ends[b.addr + b.size] = b.addr
-        if b.free:
-            bisect.insort(self._free[b.small], (b.size, b.addr))
-
-    def _remove(self, b: _Block) -> None:
-        del self._blocks[b.addr]
-        del self._ends[b.addr + b.size]
-        if b.free:
-            lst = self._free[b.small]
-            lst.pop(bisect.bisect_left(lst, (b.size, b.addr)))
-
-    def malloc(self, nbytes: int) -> int | None:
-        """Allocate; returns the block address (None for 0 bytes)."""
-        size = round_cuda_request(nbytes)
-        if size == 0:
-            return None
-        small = size <= KSMALL_SIZE
-        lst = self._free[small]
-        i = bisect.bisect_left(lst, (size, -1))
-        if i < len(lst):
-            block = self._blocks[lst[i][1]]
-        else:
-            seg_size = _segment_size(size)
-            seg = len(self._segments)
-            base = self._next_base
-            self._next_base += seg_size + KROUND_LARGE  # segments never touch
-            self._segments[seg] = (base, seg_size)
-            self.reserved += seg_size
-            block = _Block(base, seg_size, seg, small)
-            self._insert(block)
-        self._remove(block)
-        remaining = block.size - size
-        split = remaining >= KMIN_BLOCK if small else remaining > KSMALL_SIZE
-        if split:
-            rest = _Block(block.addr + size, remaining, block.segment, small, free=True)
-            block.size = size
-            self._insert(rest)
-        block.free = False
-        self._insert(block)
-        self.allocated += block.size
-        return block.addr
-
-    def free(self, addr: int | None) -> None:
-        """Return a block to its pool, merging it with free neighbours in its segment."""
-        if addr is None:
-            return
-        block = self._blocks[addr]
-        self.allocated -= block.size
-        self._remove(block)
-        block.free = True
-        nxt = self._blocks.get(block.addr + block.size)
-        if nxt is not None and nxt.free and nxt.segment == block.segment:
-            self._remove(nxt)
-            block.size += nxt.size
-        prev_addr = self._ends.get(block.addr)
-        prev = self._blocks.get(prev_addr) if prev_addr is not None else None
-        if prev is not None and prev.free and prev.segment == block.segment:
-            self._remove(prev)
-            prev.size += block.size
-            block = prev
-        self._insert(block)
-
-
-def simulate_cuda_allocator(lives: list[tuple[int, int | None, int]], n_events: int) -> tuple[np.ndarray, np.ndarray]:
-    """Replay storage lives through :class:`CudaCachingAllocatorModel`.
+class DeviceKernels(TorchDispatchMode):
+    """Make a fake step hold what the target device's kernels hold (NOTE [ What an estimate adds ... ]).
 
     Args:
-        lives: ``(start_event, end_event or None, nbytes)`` of every storage life.
-        n_events: the length of the event clock (the timelines are this long).
+        device_type: the device the estimate stands for (``cpu`` or ``cuda``).
+        trace_device_type: the device the fake tensors report (``cpu`` when a CUDA estimate is
+            traced without a GPU: then output corrections for CUDA kernels cannot apply).
 
-    Returns:
-        ``(allocated, reserved)``: bytes after every event.
+    Attributes:
+        scratch: every op call with scratch, in order.
+        unmodelled: op -> [calls, largest call's argument and output bytes] for ops whose
+            memory the target device's kernels hold and no rule models.
+        approximations: one line per approximation applied (a float32 rule used for bfloat16).
     """
-    events: list[tuple[int, int, int]] = []  # (time, order, life index); frees before allocs at a tie
-    for i, (start, end, _) in enumerate(lives):
-        events.append((start, 1, i))
-        if end is not None:
-            events.append((end, 0, i))
-    events.sort()
-    model = CudaCachingAllocatorModel()
-    addrs: dict[int, int | None] = {}
-    allocated = np.zeros(n_events, dtype=np.int64)
-    reserved = np.zeros(n_events, dtype=np.int64)
-    last = 0
-    for t, kind, i in events:
-        if t > last:
-            allocated[last:t] = model.allocated
-            reserved[last:t] = model.reserved
-            last = t
-        if kind == 1:
-            addrs[i] = model.malloc(lives[i][2])
-        else:
-            model.free(addrs.pop(i))
-    allocated[last:] = model.allocated
-    reserved[last:] = model.reserved
-    return allocated, reserved
+
+    def __init__(self, device_type: str = "cpu", trace_device_type: str | None = None) -> None:
+        super().__init__()
+        self.device_type = device_type
+        self.trace_device_type = trace_device_type or device_type
+        self.scratch: list[KernelScratch] = []
+        self.unmodelled: dict[str, list[int]] = {}
+        self.approximations: set[str] = set()
+        self._clock: Callable[[], int] | None = None
+        self._seen_persistent: set[str] = set()
+        self._rules: dict[Any, tuple[Any, Any, bool]] = {}
+
+    def bind(self, tracker: Any) -> None:
+        """Read the storage tracker's clock, so scratch is placed on its timeline."""
+        self._clock = lambda: tracker.clock
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        rules = self._rules.get(func)
+        if rules is None:
+            name = str(func)
+            out_rule = find_output_rule(name, self.device_type) if self.trace_device_type == self.device_type else None
+            unmodelled = name in NOT_MODELLED.get(self.device_type, ())
+            if self.trace_device_type != self.device_type:
+                unmodelled |= name in NOT_MODELLED.get(f"{self.device_type} traced on {self.trace_device_type}", ())
+            rules = self._rules[func] = (out_rule, find_scratch_rule(name, self.device_type), unmodelled)
+        out_rule, scratch_rule, unmodelled = rules
+        clock = self._clock() if self._clock is not None else 0
+        out = func(*args, **kwargs)
+        if out_rule is None and scratch_rule is None and not unmodelled:
+            return out
+        if out_rule is not None:
+            out = out_rule.fix(args, kwargs, out)
+            if any(isinstance(a, torch.Tensor) and a.dtype != torch.float32 and a.is_floating_point() for a in args[:1]):
+                self.approximations.add(f"{out_rule.op}: the float32 size is used for {args[0].dtype} (an upper bound)")
+        new_bytes, n_new = _new_storage_bytes(args, kwargs, out)
+        if scratch_rule is not None:
+            if scratch_rule.persistent:
+                if scratch_rule.op in self._seen_persistent:
+                    return out
+                self._seen_persistent.add(scratch_rule.op)
+            nbytes = int(scratch_rule.bytes(args, kwargs, out))
+            if nbytes > 0:
+                self.scratch.append(KernelScratch(clock, new_bytes, n_new, nbytes, str(func), scratch_rule.persistent))
+        if unmodelled:
+            at_stake = new_bytes + sum(_storage_bytes(t) for t in _flat_tensors(args))
+            entry = self.unmodelled.setdefault(str(func), [0, 0])
+            entry[0] += 1
+            entry[1] = max(entry[1], at_stake)
+        return out
+
+    # ---- results -----------------------------------------------------------------------------
+    def peak_inside_ops(self, total: np.ndarray, start: int = 0, end: int | None = None) -> tuple[int, KernelScratch | None]:
+        """The highest "live before + outputs + scratch" of an op between two clock values.
+
+        Returns:
+            ``(bytes, the op's record)``, ``(0, None)`` when no op with scratch ran there.
+        """
+        best, where = 0, None
+        stop = len(total) - 1 if end is None else end
+        for k in self.scratch:
+            if k.persistent or not start <= k.clock <= stop:
+                continue
+            value = int(total[k.clock]) + k.new_outputs + k.scratch
+            if value > best:
+                best, where = value, k
+        return best, where
+
+    def transient_allocations(self) -> list[tuple[int, int]]:
+        """``(event, bytes)`` of every temporary workspace, for the CUDA allocator model."""
+        return [(k.clock + k.n_outputs, k.scratch) for k in self.scratch if not k.persistent]
+
+    def persistent_lives(self) -> list[tuple[int, None, int]]:
+        """Storage lives of workspaces kept for the rest of the run (cuBLAS handles)."""
+        return [(k.clock + k.n_outputs, None, k.scratch) for k in self.scratch if k.persistent]
+
+    def notes(self) -> list[str]:
+        """One line per op whose memory is not modelled, and per approximation."""
+        from ..units import format_bytes
+
+        lines = [
+            f"not modelled: the workspace of {op} ({calls} calls; largest call's tensors "
+            f"{format_bytes(at_stake, 'MiB')})" for op, (calls, at_stake) in sorted(self.unmodelled.items())
+        ]
+        return lines + sorted(self.approximations)
+
+
+def _flat_tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _flat_tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _flat_tensors(o)]
+    return []
+
+
+def _storage_bytes(t: torch.Tensor) -> int:
+    try:
+        return int(t.untyped_storage().nbytes())
+    except (RuntimeError, NotImplementedError, TypeError):
+        return 0
+
+
+def _new_storage_bytes(args: Any, kwargs: Any, out: Any) -> tuple[int, int]:
+    """Bytes and count of the output storages that are not among the inputs' storages."""
+    seen: set[int] = set()
+    for t in _flat_tensors(args) + _flat_tensors(kwargs):
+        try:
+            seen.add(t.untyped_storage()._cdata)
+        except (RuntimeError, NotImplementedError, TypeError):
+            pass
+    total, count = 0, 0
+    for t in _flat_tensors(out):
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError, TypeError):
+            continue
+        if st._cdata not in seen:
+            seen.add(st._cdata)
+            total += int(st.nbytes())
+            count += 1
+    return total, count
 
 
 def make_fake_model(

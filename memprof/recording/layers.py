@@ -8,6 +8,7 @@ for the row. Everything is registered in :func:`record_layers` and removed in ``
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,13 +316,17 @@ class _Recorder:
 
 
 def _substitutes(
-    model: nn.Module, device: torch.device, dtype: torch.dtype
+    model: nn.Module, device: torch.device, dtype: torch.dtype, empty: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Per parameter/buffer name, the tensor the pass uses (NOTE [ Running the pass ... ])."""
+    """Per parameter/buffer name, the tensor the pass uses (NOTE [ Running the pass ... ]).
+
+    ``empty``: new empty tensors on ``device`` (meta, or fake CPU inside a FakeTensorMode).
+    """
     subs: dict[str, torch.Tensor] = {}
+    empty = empty or device.type == "meta"
     for name, p in model.named_parameters():
         target = dtype if p.is_floating_point() else p.dtype
-        if device.type == "meta":
+        if empty:
             subs[name] = torch.empty(p.shape, dtype=target, device=device).requires_grad_(p.requires_grad)
         elif p.device == device and p.dtype == target:
             subs[name] = p
@@ -329,7 +334,7 @@ def _substitutes(
             subs[name] = p.detach().to(device=device, dtype=target).requires_grad_(p.requires_grad)
     for name, b in model.named_buffers():
         target = dtype if b.is_floating_point() else b.dtype
-        if device.type == "meta":
+        if empty:
             subs[name] = torch.empty(b.shape, dtype=target, device=device)
         else:
             subs[name] = b.detach().to(device=device, dtype=target, copy=True)
@@ -341,6 +346,34 @@ def _forked_rng(device: torch.device) -> Iterator[None]:
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         yield
+
+
+class _FakeCpu:
+    """A FakeTensorMode whose tensors report device cpu, and the CPU's kernel corrections."""
+
+    def __init__(self) -> None:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        self.mode = FakeTensorMode()
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[None]:
+        from .estimate import DeviceKernels
+
+        # FakeTensorMode logs a traceback before re-raising a shape error; the caller reports
+        # the error in one line
+        logger = logging.getLogger("torch._subclasses.fake_tensor")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            with self.mode, DeviceKernels("cpu"):
+                yield
+        finally:
+            logger.setLevel(level)
+
+
+def _fake_cpu_context() -> _FakeCpu:
+    return _FakeCpu()
 
 
 def make_input(shape: Sequence[int], batch_size: int, dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
@@ -385,10 +418,23 @@ def record_layers(
             the layers that ran, and the input shape.
     """
     dev = torch.device(device)
-    subs = _substitutes(model, dev, dtype)
+    # NOTE [ The meta pass runs on fake CPU tensors ]
+    # Tensors on the meta device take the meta device's branches inside composite ops: nn.LSTM
+    # decomposes into matmuls instead of oneDNN's fused layer, scaled-dot-product attention picks
+    # the math backend instead of the CPU's flash kernel, so what autograd saves differs from a
+    # CPU run (an LSTM: 124 vs 266 MiB). A pass for "meta" therefore runs on FakeTensors that
+    # report device cpu (no memory, no arithmetic, the CPU's dispatch) under DeviceKernels, which
+    # gives the fake oneDNN LSTM its real workspace (memprof.recording.workspace).
+    fake = _fake_cpu_context() if dev.type == "meta" else None
+    if fake is None:
+        subs = _substitutes(model, dev, dtype)
+        x = make_input(input_shape, batch_size, dtype, dev)
+    else:
+        with fake.mode:
+            subs = _substitutes(model, torch.device("cpu"), dtype, empty=True)
+            x = torch.empty((batch_size, *input_shape), dtype=dtype)
     excluded = {k for k in (storage_key(t) for t in subs.values()) if k is not None}
     recorder = _Recorder(model, depth, excluded)
-    x = make_input(input_shape, batch_size, dtype, dev)
     handles = []
     was_training = {m: m.training for m in model.modules()}
     try:
@@ -397,6 +443,7 @@ def record_layers(
             handles.append(m.register_forward_hook(recorder.post_hook, with_kwargs=True))
         model.train()
         with _forked_rng(dev), torch.enable_grad(), \
+                fake.run() if fake is not None else contextlib.nullcontext(), \
                 torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t):
             try:
                 out = torch.func.functional_call(model, subs, (x,), strict=False)
@@ -449,7 +496,10 @@ def _forward_error(
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     shape = "(" + ",".join(str(v) for v in input_shape) + ")"
     hint = ""
-    if device == "meta" and (isinstance(exc, NotImplementedError) or "meta" in first.lower()):
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+
+    no_data = (NotImplementedError, DataDependentOutputException, DynamicOutputShapeException)
+    if device == "meta" and (isinstance(exc, no_data) or "meta" in first.lower()):
         hint = " (an op the meta device cannot run, e.g. data-dependent code: try device='cpu')"
     return ForwardError(
         f"input shape {shape} does not fit {model}: forward failed {where} "

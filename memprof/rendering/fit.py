@@ -49,7 +49,10 @@ class BatchFit(Result):
         return {
             "model": self.model, "memory_bytes": self.memory_bytes, "device": self.device, "dtype": self.dtype,
             "optimizer": self.optimizer, "batch_size": self.batch_size,
+            "fitted_figure": self._fitted()[0], "fitted_bytes": self._fitted()[1],
+            "unused_bytes": self.memory_bytes - self._fitted()[1] if self.profile else None,
             "peak_bytes": self.profile.peak_bytes if self.profile else None,
+            "reserved_peak_bytes": self.profile.reserved_peak_bytes if self.profile else None,
             "activation_peak_bytes": self.profile.activation_peak_bytes if self.profile else None,
             "smallest_batch_size": self.smallest_batch_size, "smallest_peak_bytes": self.smallest_peak_bytes,
             "rejected": self.rejected or None, "max_batch_size": self.max_batch_size, "capped": self.capped,
@@ -61,6 +64,14 @@ class BatchFit(Result):
             f"{format_bytes(self.smallest_peak_bytes)} (estimated)"
         return (f"{self.model}: not even batch size {self.smallest_batch_size} fits in "
                 f"{format_bytes(self.memory_bytes)} ({self.memory_bytes} bytes){need}")
+
+    def _fitted(self) -> tuple[str | None, int | None]:
+        """The figure held to the budget (memprof.aggregation.fit.fitted_figure)."""
+        if self.profile is None:
+            return None, None
+        from ..aggregation.fit import fitted_figure
+
+        return fitted_figure(self.profile)
 
     def to_json(self) -> str:
         """:meth:`to_dict` as indented JSON (ending with a newline)."""
@@ -82,13 +93,19 @@ class BatchFit(Result):
             lines = [self.nothing_fits()]
         else:
             p = self.profile
+            figure, fitted = self._fitted()
+            assert fitted is not None
+            unused = self.memory_bytes - fitted
             lines = [
                 f"{self.model}: batch size {self.batch_size} fits in {budget} on {self.device}, "
                 f"{self.dtype}, {self.optimizer}",
-                f"estimated peak at batch {self.batch_size}: {format_bytes(p.peak_bytes)} "
-                f"(activation peak {format_bytes(p.activation_peak_bytes)})",
-                *(f"note: {n}" for n in p.notes),
+                f"fitted figure: {figure} at batch {self.batch_size}: {format_bytes(fitted, 'MiB')}; unused budget "
+                f"{format_bytes(unused, 'MiB')} ({100 * unused / self.memory_bytes:.2f}%)",
             ]
+            if p.reserved_peak_bytes is not None:
+                lines.append(f"predicted max_memory_allocated {format_bytes(p.peak_bytes, 'MiB')}, "
+                             f"max_memory_reserved {format_bytes(p.reserved_peak_bytes, 'MiB')}")
+            lines += [f"activation peak {format_bytes(p.activation_peak_bytes, 'MiB')}", *(f"note: {n}" for n in p.notes)]
         if self.rejected:
             below = "1" if self.smallest_batch_size == 2 else f"1 to {self.smallest_batch_size - 1}"
             lines.append(f"note: the model rejects batch size {below} ({self.rejected}); the search started at "
