@@ -271,7 +271,7 @@ def test_fit_starts_at_the_smallest_batch_the_model_accepts(tmp_path):
 
 def test_fit_with_a_budget_below_batch_one_is_an_error():
     proc = run_cli("fit", "vgg19", "--memory", "1KiB")
-    line = assert_one_line_error(proc, "batch size 1", "1.00 KiB")
+    line = assert_one_line_error(proc, "batch 1", "1.00 KiB")
     assert re.search(r"needs [0-9.]+ MiB", line), line
 
 
