@@ -175,11 +175,11 @@ def check_train_config(
     out = Path(c.out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
-    if env.is_main:
-        check_output_dir(out)  # before any work: a run must not train an epoch and then fail to write
     ckpt = load_checkpoint(c.resume, c.model, c.num_classes) if c.resume is not None else None
     if ckpt is not None:
         _check_resume_config(c, ckpt)
+    if env.is_main:  # last: it creates the directory, which a refused run must not leave behind
+        check_output_dir(out)  # before any work: a run must not train an epoch and then fail to write
     return c, ckpt
 
 
