@@ -6,17 +6,21 @@ import math
 import re
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
 
-__all__ = ["KiB", "MiB", "GiB", "dtype_size", "format_bytes", "format_count", "is_blank", "parse_bytes", "to_mib"]
+if TYPE_CHECKING:  # torch is imported where a dtype is measured, not with the units
+    import torch
+
+__all__ = ["KiB", "MiB", "GiB", "TiB", "table_unit", "dtype_size", "format_bytes", "format_count", "is_blank", "parse_bytes", "to_mib"]
 
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
+TiB = 1 << 40
 
 _UNITS = {
     "": 1, "b": 1,
-    "kib": KiB, "mib": MiB, "gib": GiB, "tib": 1 << 40,
+    "kib": KiB, "mib": MiB, "gib": GiB, "tib": TiB,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
     "k": KiB, "m": MiB, "g": GiB,
 }
@@ -32,8 +36,8 @@ def format_bytes(nbytes: float, unit: str | None = None, precision: int = 2) -> 
 
     Args:
         nbytes: the number of bytes.
-        unit: force ``"B"``, ``"KiB"``, ``"MiB"`` or ``"GiB"``; by default the largest unit
-            that keeps the value at or above 1.
+        unit: force ``"B"``, ``"KiB"``, ``"MiB"``, ``"GiB"`` or ``"TiB"``; by default the
+            largest unit that keeps the value at or above 1.
         precision: decimals shown.
 
     Returns:
@@ -42,10 +46,10 @@ def format_bytes(nbytes: float, unit: str | None = None, precision: int = 2) -> 
     Raises:
         ValueError: for an unknown unit.
     """
-    scales = {"B": 1, "KiB": KiB, "MiB": MiB, "GiB": GiB}
+    scales = {"B": 1, "KiB": KiB, "MiB": MiB, "GiB": GiB, "TiB": TiB}
     if unit is None:
         unit = "B"
-        for name in ("GiB", "MiB", "KiB"):
+        for name in ("TiB", "GiB", "MiB", "KiB"):
             if abs(nbytes) >= scales[name]:
                 unit = name
                 break
@@ -54,6 +58,19 @@ def format_bytes(nbytes: float, unit: str | None = None, precision: int = 2) -> 
     if unit == "B":
         return f"{int(nbytes)} B"
     return f"{nbytes / scales[unit]:.{precision}f} {unit}"
+
+
+def table_unit(largest: float) -> str:
+    """The one unit of a table's byte column, scaled to its largest value.
+
+    MiB until the largest value reaches 10,000 MiB, then GiB, then TiB (from 10,000 GiB): the
+    column stays comparable row by row and never shows more than four digits before the point.
+    """
+    if abs(largest) >= 10_000 * GiB:
+        return "TiB"
+    if abs(largest) >= 10_000 * MiB:
+        return "GiB"
+    return "MiB"
 
 
 def parse_bytes(text: str | int) -> int:
@@ -67,7 +84,7 @@ def parse_bytes(text: str | int) -> int:
     if isinstance(text, int):
         value, unit = float(text), ""
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+        m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
         if m is None or m.group(2).lower() not in _UNITS:
             raise ValueError(
                 f"cannot parse memory size {text!r}; use a number with an optional unit "
@@ -82,6 +99,8 @@ def parse_bytes(text: str | int) -> int:
 
 def dtype_size(dtype: torch.dtype) -> int:
     """Bytes per element of ``dtype``."""
+    import torch
+
     return torch.empty((), dtype=dtype, device="meta").element_size()
 
 

@@ -17,12 +17,13 @@ import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # NOTE [ Starting without torch ] (vocabulary): imported where a check needs it
+    import torch
 
 from .units import parse_bytes
-from .vocabulary import DTYPES, FORMATS, MODES, OPTIMIZERS, Mode
+from .vocabulary import DTYPE_NAMES, FORMATS, MODES, OPTIMIZERS, Mode
 
 __all__ = [
     "BATCH_SIZE_LIMIT",
@@ -95,7 +96,7 @@ def parse_mode(mode: Any) -> Mode:
 
 
 def check_optimizer(name: Any) -> str:
-    """``sgd`` or ``adam``."""
+    """``sgd``, ``adam`` or ``adamw``."""
     return str(check_choice("optimizer", name, OPTIMIZERS))
 
 
@@ -105,14 +106,18 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     Raises:
         UsageError: for a name or dtype outside :data:`memprof.vocabulary.DTYPES`.
     """
+    import torch
+
+    from .vocabulary import DTYPES
+
     if isinstance(name, torch.dtype):
         if name not in DTYPES.values():
-            raise UsageError(f"unsupported dtype {name}; allowed: {', '.join(DTYPES)}")
+            raise UsageError(f"unsupported dtype {name}; allowed: {', '.join(DTYPE_NAMES)}")
         return name
     try:
         return DTYPES[name]
     except (KeyError, TypeError):
-        raise UsageError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}") from None
+        raise UsageError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPE_NAMES)}") from None
 
 
 def check_device(device: Any, *, needs_cuda_here: bool) -> torch.device:
@@ -126,6 +131,8 @@ def check_device(device: Any, *, needs_cuda_here: bool) -> torch.device:
     Raises:
         UsageError: for another device, or CUDA asked for where there is none.
     """
+    import torch
+
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -285,5 +292,8 @@ def check_output_file(out: str | os.PathLike[str], *, suffix: str | None = None,
         raise UsageError(f"{what} {str(out)!r} must name a {suffix} file")
     if path.is_dir():
         raise UsageError(f"{what} {str(out)!r} is a directory, not a file")
-    check_output_dir(path.parent if str(path.parent) else ".")
+    try:
+        check_output_dir(path.parent if str(path.parent) else ".")
+    except UsageError as exc:  # name the file the user gave, not only its directory
+        raise UsageError(f"{what} {str(out)!r} cannot be written: {exc}") from None
     return path

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from enum import Enum
 
-import torch
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # NOTE [ Starting without torch ]: the words are plain strings
+    import torch
 
 __all__ = [
     "Category",
     "Word",
+    "BUILTIN_MODELS",
     "DTYPES",
+    "DTYPE_NAMES",
     "Format",
     "FORMATS",
     "Mode",
@@ -26,6 +31,7 @@ __all__ = [
     "STATE_CATEGORIES",
     "TABLE_DEVICES",
     "TRACKED_CATEGORIES",
+    "TrackMode",
     "dtype_name",
 ]
 
@@ -89,6 +95,18 @@ class Phase(Word):
 PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
 
 
+class TrackMode(Word):
+    """How much ``memprof.track()`` records.
+
+    ``fast`` (default): allocator events + module, step and saved-tensor hooks; temporaries
+    include kernel workspaces. ``fine``: also a per-op dispatch mode that sees which blocks a
+    tensor owns: kernel workspaces are reported as ``unattributed`` (slower: Python per op).
+    """
+
+    FAST = "fast"
+    FINE = "fine"
+
+
 class Format(Word):
     """Output formats of every result's ``render(format)``."""
 
@@ -107,6 +125,7 @@ class Optimizer(Word):
 
     SGD = "sgd"
     ADAM = "adam"
+    ADAMW = "adamw"
 
 
 OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in Optimizer)
@@ -114,19 +133,34 @@ OPTIMIZERS: tuple[str, ...] = tuple(o.value for o in Optimizer)
 #: Devices the per-layer table can record on (``meta``: shapes and storages, no arithmetic).
 TABLE_DEVICES: tuple[str, ...] = ("meta", "cpu", "cuda")
 
-#: dtype names accepted on the command line and in the API.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+#: dtype names accepted on the command line and in the API (``DTYPES`` maps them to torch dtypes).
+DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+
+#: The registered models memprof ships (``memprof.models.list_models()`` holds them and any
+#: registered later); here so that ``--help`` names them without importing torch.
+BUILTIN_MODELS: tuple[str, ...] = ("vgg19", "revvgg", "irevvgg")
+
+
+# NOTE [ Starting without torch ]
+# ``import torch`` costs seconds. The CLI's help and its argument errors, and ``import memprof``,
+# need none of it, so nothing at this layer imports torch at module level: ``DTYPES`` (name ->
+# torch.dtype) is built on first use through the module's ``__getattr__``.
+def __getattr__(name: str) -> Any:
+    if name == "DTYPES":
+        import torch
+
+        table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        globals()["DTYPES"] = table
+        return table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:
     """The short name of a dtype: ``torch.float32`` -> ``"float32"`` (a name is returned as is)."""
     if isinstance(dtype, str):
         return dtype
-    for name, d in DTYPES.items():
+    table: dict[str, Any] = __getattr__("DTYPES") if "DTYPES" not in globals() else globals()["DTYPES"]
+    for name, d in table.items():
         if d == dtype:
             return name
     return str(dtype).replace("torch.", "")

@@ -140,30 +140,37 @@ def comparison_rows(
     profiles: Mapping[str, StepProfileData],
     params: Mapping[str, int],
     times: Mapping[str, Sequence[float]],
+    failures: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per strategy with its ratios to plain's (NOTE [ Step times side by side ]).
 
     Args:
         strategies: the names, plain among them.
-        profiles: each strategy's step profile.
+        profiles: each strategy's step profile (missing for a strategy in ``failures``).
         params: each strategy's parameter count.
         times: each strategy's step time per round (empty without timing).
+        failures: strategy -> status of a step that did not run, e.g. "out of memory at batch
+            N: needed X more" (its figures stay empty, NOTE [ Out of memory is a result ]).
 
     Returns:
         The rows of :class:`ComparisonData`.
     """
     ref = Strategy.PLAIN.value
+    if ref not in times:  # plain did not run (out of memory): no time ratios to give
+        times = {}
     best = {n: min(t) for n, t in times.items()}
     ratios = {n: [a / b for a, b in zip(t, times[ref])] for n, t in times.items()}
     rows = []
+    failures = failures or {}
     for name in strategies:
-        prof = profiles[name]
+        prof = profiles.get(name)
         rows.append({
             "strategy": name,
+            "status": failures.get(name, "ok"),
             "model": STRATEGIES[name].model,
             "params": params[name],
-            "activation_peak_bytes": activation_peak(name, prof),
-            "peak_bytes": prof.peak_bytes,
+            "activation_peak_bytes": activation_peak(name, prof) if prof is not None else None,
+            "peak_bytes": prof.peak_bytes if prof is not None else None,
             "activation_ratio": None,
             "peak_ratio": None,
             "time_ratio": round(best[name] / best[ref], 4) if name in best else None,
@@ -174,8 +181,9 @@ def comparison_rows(
         })
     plain = next(r for r in rows if r["strategy"] == ref)
     for r in rows:
-        r["activation_ratio"] = round(r["activation_peak_bytes"] / plain["activation_peak_bytes"], 4)
-        r["peak_ratio"] = round(r["peak_bytes"] / plain["peak_bytes"], 4)
+        for figure, ratio in (("activation_peak_bytes", "activation_ratio"), ("peak_bytes", "peak_ratio")):
+            if r[figure] is not None and plain[figure]:
+                r[ratio] = round(r[figure] / plain[figure], 4)
     return rows
 
 

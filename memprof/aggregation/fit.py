@@ -30,28 +30,29 @@ def fitted_figure(profile: Any) -> tuple[str, int]:
 # fails, then narrows the bracket with the line between its ends, halving it whenever that gains
 # less than bisection would; a few probes usually suffice where plain bisection up to millions
 # would take forty.
-def search_batch_size(peak: Callable[[int], int], memory: int, max_batch_size: int) -> int:
-    """The largest batch size ``b <= max_batch_size`` with ``peak(b) <= memory`` (NOTE [ Fitting the batch size ]).
+def search_batch_size(peak: Callable[[int], int], memory: int, max_batch_size: int, start: int = 1) -> int:
+    """The largest batch size ``start <= b <= max_batch_size`` with ``peak(b) <= memory`` (NOTE [ Fitting the batch size ]).
 
     Args:
         peak: the step peak in bytes at a batch size (called once per probe; cache it).
         memory: the budget in bytes.
         max_batch_size: never probe above this.
+        start: the smallest batch size to consider (the smallest the model accepts).
 
     Returns:
-        The batch size, or 0 when not even batch 1 fits.
+        The batch size, or 0 when not even ``start`` fits.
     """
-    if peak(1) > memory:
+    if peak(start) > memory:
         return 0
-    lo, hi = _grow(peak, memory, max_batch_size)
+    lo, hi = _grow(peak, memory, max_batch_size, start)
     if hi is None:
         return lo
     return _narrow(peak, memory, lo, hi)
 
 
-def _grow(peak: Callable[[int], int], memory: int, max_batch_size: int) -> tuple[int, int | None]:
+def _grow(peak: Callable[[int], int], memory: int, max_batch_size: int, start: int = 1) -> tuple[int, int | None]:
     """Grow along the line through the last two fitting probes until one fails: ``(fits, fails or None)``."""
-    lo, hi, prev = 1, None, None
+    lo, hi, prev = start, None, None
     while hi is None and lo < max_batch_size:
         if prev is None:
             guess = 2 * lo

@@ -2,8 +2,8 @@
 
 :func:`build_profile` reads a :class:`~memprof.recording.runner.StepRecord` (the trackers after
 the step) and returns a :class:`StepProfileData`: plain numbers, no rendering. ``peak_bytes``
-is allocator truth when measured; when estimated, the tensor-owned bytes plus the kernel scratch
-of memprof.recording.workspace (or the CUDA caching-allocator model's figure for a CUDA estimate).
+is allocator truth when measured, the tensor-owned estimate when estimated (or the CUDA
+caching-allocator model's figure for a CUDA estimate).
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ class StepProfileData:
     notes: list[str] = field(default_factory=list)
     timeline: Timeline | None = field(default=None, repr=False)
     allocator_timeline: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    #: the output the loss was taken of and the loss function (NOTE [ Which output the loss is taken of ])
+    loss: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able content (no timeline)."""
@@ -83,6 +85,7 @@ class StepProfileData:
             "modules": self.modules,
             "activation_peak_holders": self.activation_peak_holders,
             "step_time_s": self.step_time_s,
+            "loss": dict(self.loss),
             "notes": list(self.notes),
         }
 
@@ -149,7 +152,12 @@ def _measured_peak(record: StepRecord, baseline: int, index: int, phase_rows: di
     return out
 
 
-def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, tuple[int, int]],
+def _span_max(values: np.ndarray, spans: list[tuple[int, int]]) -> int:
+    """The highest value over the spans of one phase (a phase repeats under gradient accumulation)."""
+    return max(int(values[s : e + 1].max()) for s, e in spans)
+
+
+def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, list[tuple[int, int]]],
                         phase_rows: dict[str, Any]) -> _Peak:
     """A CUDA estimate: the storage stream replayed through the caching-allocator model."""
     assert record.cuda_model is not None
@@ -157,8 +165,7 @@ def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, t
     index = int(step_start + np.argmax(allocated[step_start:]))
     out = _Peak(int(allocated[index]), index, int(reserved[step_start:].max()))
     for ph in PHASES:
-        s, e = phases[ph]
-        phase_rows[ph]["peak_bytes"] = int(allocated[s : e + 1].max())
+        phase_rows[ph]["peak_bytes"] = _span_max(allocated, phases[ph])
     out.notes.append("CUDA caching-allocator model" + (" (expandable segments)" if record.expandable_segments else "")
                      + "; predictions not yet checked on a GPU; not modelled: " + "; ".join(record.cuda_not_modelled))
     if record.kernels is not None:
@@ -167,7 +174,8 @@ def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, t
 
 
 def _estimated_cpu_peak(record: StepRecord, total: np.ndarray, step_start: int, attributed_peak: int,
-                        attributed_idx: int, phases: dict[str, tuple[int, int]], phase_rows: dict[str, Any]) -> _Peak:
+                        attributed_idx: int, phases: dict[str, list[tuple[int, int]]],
+                        phase_rows: dict[str, Any]) -> _Peak:
     """A CPU estimate: tensor-owned bytes, and inside each op with a rule its kernel's scratch.
 
     NOTE [ What an estimate adds to the fake step ] (memprof.recording.estimate): the peak is the
@@ -177,7 +185,7 @@ def _estimated_cpu_peak(record: StepRecord, total: np.ndarray, step_start: int, 
     """
     out = _Peak(attributed_peak, attributed_idx)
     kernels = record.kernels
-    for ph, row in phase_rows.items():
+    for row in phase_rows.values():
         row["peak_bytes"] = row["attributed_peak_bytes"]
     if kernels is None:
         out.notes.append("estimate of tensor-owned bytes; memory no tensor owns (kernel workspaces) is not included")
@@ -188,8 +196,8 @@ def _estimated_cpu_peak(record: StepRecord, total: np.ndarray, step_start: int, 
         out.notes.append(f"the estimated peak falls inside {where.op.replace('.default', '')} (kernel scratch "
                          f"{where.scratch / 2**20:.2f} MiB: memprof.recording.workspace)")
     for ph, row in phase_rows.items():
-        s, e = phases[ph]
-        row["peak_bytes"] = max(row["attributed_peak_bytes"] or 0, kernels.peak_inside_ops(total, s, e)[0])
+        scratch = max(kernels.peak_inside_ops(total, s, e)[0] for s, e in phases[ph])
+        row["peak_bytes"] = max(row["attributed_peak_bytes"] or 0, scratch)
     out.notes += kernels.notes()
     return out
 
@@ -214,8 +222,10 @@ def build_profile(
     tracker = record.tracker
     timeline = tracker.timeline()
     total = timeline.total
-    phases = {p: (s, e) for p, s, e in timeline.phases}
-    step_start = phases[Phase.FORWARD.value][0]
+    phases: dict[str, list[tuple[int, int]]] = {}
+    for p, s, e in timeline.phases:  # forward and backward repeat under gradient accumulation
+        phases.setdefault(p, []).append((s, e))
+    step_start = phases[Phase.FORWARD.value][0][0]
     baseline = int(total[step_start])
     attributed_idx = int(step_start + np.argmax(total[step_start:]))
     attributed_peak = int(total[attributed_idx])
@@ -224,7 +234,7 @@ def build_profile(
     non_state = [c for c in TRACKED_CATEGORIES if c not in STATE_CATEGORIES]
     holders = [{"category": c, "module": o, "bytes": b} for c, o, b in tracker.holders_at(activation_idx, non_state)[:10]]
     phase_rows: dict[str, dict[str, int | None]] = {
-        ph: {"peak_bytes": None, "attributed_peak_bytes": int(total[phases[ph][0] : phases[ph][1] + 1].max())}
+        ph: {"peak_bytes": None, "attributed_peak_bytes": _span_max(total, phases[ph])}
         for ph in PHASES
     }
     if record.allocator is not None:
@@ -246,4 +256,5 @@ def build_profile(
         modules=_module_rows(record, total, baseline), step_time_s=record.step_time_s,
         reserved_peak_bytes=peak.reserved, input_shape=input_shape, activation_peak_holders=holders,
         notes=peak.notes, timeline=timeline, allocator_timeline=peak.allocator_timeline,
+        loss=dict(record.loss_choice),
     )

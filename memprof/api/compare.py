@@ -9,6 +9,7 @@ change in the machine's load hits them alike; the step time is reported as a rat
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..aggregation.compare import (
     default_strategies,
     list_strategies,
 )
+from ..errors import is_out_of_memory, out_of_memory
 from ..recording.runner import StepSetup, make_optimizer, run_step, time_steps
 from ..rendering.compare import StrategyComparison
 from ..rendering.step import StepProfile
@@ -166,21 +168,29 @@ def run_comparison(args: CompareArgs, *, progress: bool | None = False) -> Strat
     models: dict[str, nn.Module] = {}
     profiles: dict[str, StepProfile] = {}
     step = StepArgs(args.batch_size, INPUT_SHAPE, args.optimizer, args.dtype, args.device, args.mode is Mode.ESTIMATED)
+    failures: dict[str, str] = {}
     try:
         for name in args.strategies:
             bar.set_postfix_str(f"{name} memory")
             models[name] = build_strategy(name)
-            profiles[name] = run_profile_step(models[name], step, name=name)
+            try:
+                profiles[name] = run_profile_step(models[name], step, name=name)
+            except (RuntimeError, MemoryError) as exc:  # NOTE [ Out of memory is a result ]: a row, not a crash
+                if not is_out_of_memory(exc):
+                    raise
+                failures[name] = out_of_memory(exc, args.batch_size, args.device).status
+                gc.collect()
             bar.update(1)
         times: dict[str, list[float]] = {}
         if args.timing:
             bar.set_postfix_str("step times")
-            times = time_strategies(models, args.batch_size, INPUT_SHAPE, device=args.device, dtype=args.dtype,
+            timed = {n: m for n, m in models.items() if n not in failures}  # what did not fit is not timed
+            times = time_strategies(timed, args.batch_size, INPUT_SHAPE, device=args.device, dtype=args.dtype,
                                     optimizer=args.optimizer, repeats=args.repeats, on_round=lambda: bar.update(1))
     finally:
         bar.close()
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
-    rows = comparison_rows(args.strategies, profiles, params, times)
+    rows = comparison_rows(args.strategies, profiles, params, times, failures)
     return StrategyComparison.from_data(ComparisonData(
         rows, args.batch_size, args.mode, str(args.device), dtype_name(args.dtype), args.optimizer, args.repeats,
         comparison_notes(args.strategies), profiles))

@@ -24,6 +24,7 @@ from ..aggregation.sweep import (
     empty_row,
     row_figures,
 )
+from ..errors import is_out_of_memory, out_of_memory
 from ..rendering.sweep import SweepResult
 from ..validation import parse_batch_sizes, parse_mode, parse_names
 from ..vocabulary import Mode, dtype_name
@@ -80,16 +81,6 @@ def check_sweep_args(
     return SweepArgs(names, sizes, checked_mode, step.device, step.dtype, step.optimizer)
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocator's out-of-memory error (CUDA or the CPU allocator)."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "out of memory" in text or "can't allocate memory" in text or isinstance(exc, MemoryError)
-    )
-
-
 def _free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda" and torch.cuda.is_available():
@@ -122,7 +113,7 @@ def _sweep_model(name: str, args: SweepArgs, bar: Any) -> list[dict[str, Any]]:
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is caught
                 if args.mode is not Mode.MEASURED or not is_out_of_memory(exc):
                     raise
-                row["status"], failed = STATUS_OOM, True
+                row["status"], failed = out_of_memory(exc, b, args.device).status, True  # "out of memory at batch N: ..."
                 _free_memory(args.device)
         rows.append(row)
         bar.update(1)

@@ -5,27 +5,30 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported when a model is loaded, not for --help
+    from torch import nn
 
 from ..validation import UsageError, parse_input_shape
 
-__all__ = ["build_model", "load_model", "model_help", "resolve_model", "write_output"]
+__all__ = ["add_step_options", "build_model", "load_model", "model_help", "resolve_model", "step_options", "write_output"]
 
 
 def model_help() -> str:
-    """The help text of a MODEL argument, listing the registered names."""
-    from ..models import list_models
+    """The help text of a MODEL argument, naming the built-in models (without importing them)."""
+    from ..vocabulary import BUILTIN_MODELS
 
-    return (f"a registered model ({', '.join(list_models())}) or package.module:factory "
-            "(a callable returning an nn.Module; needs --input-shape)")
+    return (f"a registered model ({', '.join(BUILTIN_MODELS)}, or one registered with register_model) or "
+            "package.module:factory (a callable returning an nn.Module; needs --input-shape)")
 
 
 def _call_factory(spec: str, obj: Any) -> Any:
     """Call a user's factory, reporting its failure in one line."""
     try:
         return obj()
+    except SystemExit as exc:  # a factory that exits (argparse inside it, sys.exit): one line, not exit code 3
+        raise UsageError(f"model factory {spec!r} called sys.exit({exc.code!r}) instead of returning a model") from None
     except Exception as exc:  # the user's factory: report it in one line
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise UsageError(f"model factory {spec!r} failed: {type(exc).__name__}: {first}") from exc
@@ -46,6 +49,8 @@ def load_model(spec: str) -> str | nn.Module:
         memprof.validation.UsageError: for an unknown name (listing the registered ones), a
             module or attribute that cannot be imported, or a factory that returns no ``nn.Module``.
     """
+    from torch import nn
+
     from ..models import list_models
 
     if ":" not in spec:
@@ -70,7 +75,8 @@ def load_model(spec: str) -> str | nn.Module:
     return model
 
 
-def resolve_model(spec: str, input_shape: str | None) -> tuple[str | nn.Module, str, tuple[int, ...] | None]:
+def resolve_model(spec: str, input_shape: str | None,
+                  inputs_given: bool = False) -> tuple[str | nn.Module, str, tuple[int, ...] | None]:
     """(model or registered name, display name, input shape or None) for a name or a factory spec.
 
     A registered model is returned by name and built only by :func:`build_model`, after the
@@ -81,6 +87,8 @@ def resolve_model(spec: str, input_shape: str | None) -> tuple[str | nn.Module, 
     model = load_model(spec)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     if isinstance(model, str):
+        if inputs_given:  # --input specs replace the registered model's input shape
+            return model, model, shape
         return model, model, shape or tuple(get_model_info(model).input_shape)
     return model, spec, shape
 
@@ -102,3 +110,34 @@ def write_output(text: str, out: str | None) -> None:
     path = atomic_write_text(out, text)
     print(f"wrote {path}", file=sys.stderr)
 
+
+
+def add_step_options(p: Any) -> None:
+    """The options that describe a user's step: --input, --optimizer, --autocast, --accumulation-steps."""
+    p.add_argument("--input", action="append", default=None, metavar="NAME:DTYPE:SHAPE[:RANGE]",
+                   help="one model input, repeatable: one sample's shape (the batch dimension scales with "
+                   "--batch-size) and for integer inputs the value range, e.g. input_ids:int64:128:50257 "
+                   "(several inputs, or a name other than x, are passed by keyword) (default: one float "
+                   "input of --input-shape)")
+    p.add_argument("--optimizer", default="sgd",
+                   help="sgd (lr 0.1, momentum 0.9), adam or adamw (lr 1e-3), with settings after a colon, "
+                   "e.g. adamw:lr=1e-4,weight_decay=0.1 (default: sgd)")
+    p.add_argument("--autocast", default=None,
+                   help="run forward and loss under torch.autocast with this dtype: bfloat16 or float16 "
+                   "(default: off)")
+    p.add_argument("--accumulation-steps", default="1",
+                   help="forward and backward this many times per optimizer step (default: 1)")
+
+
+def step_options(args: Any) -> dict[str, Any]:
+    """Keyword arguments of profile_step from the options of :func:`add_step_options`."""
+    from ..recording.user_step import parse_input_spec, parse_optimizer_spec
+
+    name, settings = parse_optimizer_spec(args.optimizer)
+    return {
+        "inputs": [parse_input_spec(s) for s in args.input] if args.input else None,
+        "optimizer": name,
+        "optimizer_settings": settings,
+        "autocast": args.autocast,
+        "accumulation_steps": args.accumulation_steps,
+    }

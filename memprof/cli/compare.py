@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..vocabulary import DTYPES, FORMATS, Mode
+from ..vocabulary import DTYPE_NAMES, FORMATS, Mode
 
 #: the flag that selects each mode
 _FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
+
+
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = ("VGG-19's memory-saving strategies side by side: activation peak, step peak, step time, parameters")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "compare",
-        help="VGG-19's memory-saving strategies side by side: activation peak, step peak, step time, parameters",
+        help=HELP,
         description="Profile every strategy (plain autograd, checkpointing per stage or every sqrt(n) layers, "
         "the reversible Rev-VGG, the invertible i-Rev-VGG, and save_on_cpu offloading on a GPU) and time "
         "their training steps side by side in one run. Prints the table; writes OUT/compare.md and "
@@ -35,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-time", dest="timing", action="store_false",
                    help="skip the step times: memory only, no plot (default: times measured)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
+    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPE_NAMES)} (default: float32)")
     p.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam (default: sgd)")
     p.add_argument("--out", default=None,
                    help="directory for compare.md and compare.png (default: none, print only)")

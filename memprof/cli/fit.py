@@ -4,32 +4,35 @@ from __future__ import annotations
 
 import argparse
 
-from ..vocabulary import DTYPES
+from ..vocabulary import DTYPE_NAMES
 
 #: what `memprof fit` prints
 FORMATS = ("text", "json")
 
 
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = ("largest batch size whose estimated training-step peak fits a memory budget")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ._common import model_help
+    from ._common import add_step_options, model_help
 
     p = sub.add_parser(
         "fit",
-        help="largest batch size whose estimated training-step peak fits a memory budget",
+        help=HELP,
         description="Search over estimates (FakeTensorMode, nothing allocated) for the largest "
         "batch size whose step fits --memory. On the CPU the figure fitted is the estimated "
         "allocator peak (tensors and kernel scratch); with --device cuda it is the predicted "
         "max_memory_reserved of the caching-allocator model (not yet checked on a GPU; the CUDA "
-        "context and cuDNN workspaces are not modelled: leave headroom for them). A budget below "
-        "what batch 1 needs is an error (exit 2).",
+        "context and cuDNN workspaces are not modelled: leave headroom for them).",
     )
     p.add_argument("model", help=model_help())
+    add_step_options(p)
     p.add_argument("--memory", required=True,
                    help="the budget: 16GiB, 16GB (decimal), 512MiB or bytes, e.g. 17179869184 (required)")
     p.add_argument("--input-shape", default=None,
                    help="one sample's shape, e.g. 3,32,32 (default: the registered model's)")
-    p.add_argument("--optimizer", default="sgd", help="sgd or adam (default: sgd)")
-    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
+    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPE_NAMES)} (default: float32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--expandable-segments", action="store_true",
                    help="with --device cuda, model PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (default: off)")
@@ -38,15 +41,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api.step import fit_batch_size
-    from ..rendering.fit import BatchFit
-    from ..validation import check_format, parse_memory
-    from ._common import build_model, resolve_model
+    from ..validation import UsageError, check_format, parse_memory
 
-    fmt = check_format(args.format, FORMATS)
+    fmt = check_format(args.format, FORMATS)  # checks that need no torch first (NOTE [ Starting without torch ])
     budget = parse_memory(args.memory)
-    model, name, shape = resolve_model(args.model, args.input_shape)
-    batch, prof = fit_batch_size(build_model(model), budget, shape, optimizer=args.optimizer, dtype=args.dtype,
-                                 device=args.device, name=name, expandable_segments=args.expandable_segments)
-    print(BatchFit(name, budget, args.device, args.dtype, args.optimizer, batch, prof).render(fmt), end="")
+    from ..api.step import fit_batch
+    from ._common import build_model, resolve_model, step_options
+
+    step = step_options(args)
+    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None)
+    found = fit_batch(build_model(model), budget, shape, dtype=args.dtype, device=args.device, name=name,
+                      expandable_segments=args.expandable_segments, **step)
+    if found.profile is None:  # the budget is below the smallest batch: an answer the caller cannot use
+        raise UsageError(found.nothing_fits().split(": ", 1)[1])
+    print(found.render(fmt), end="")
     return 0

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 
 
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = ("regenerate every report under reports/ (default: all)")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="regenerate every report under reports/ (default: all)")
+    p = sub.add_parser("report", help=HELP)
     p.add_argument("names", nargs="*", help="reports to regenerate (default: all of them)")
     p.add_argument("--out", default="reports", help="output directory (default: reports)")
     p.set_defaults(func=run)

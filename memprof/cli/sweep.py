@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..vocabulary import DTYPES, FORMATS, Mode
+from ..vocabulary import DTYPE_NAMES, FORMATS, Mode
 
 #: the flag that selects each mode
 _FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
+
+
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = ("memory of models over batch sizes and the savings against the first; writes sweep.csv and sweep.png")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sizes = ",".join(map(str, DEFAULT_BATCH_SIZES))
     p = sub.add_parser(
         "sweep",
-        help="memory of models over batch sizes and the savings against the first; writes sweep.csv and sweep.png",
+        help=HELP,
         description="For each model and batch size: the deck's activation memory, the bytes autograd saves, "
         "a training step's peak and activation peak (estimated by default, nothing allocated), and the "
         "saving against the first model. Prints a table; writes OUT/sweep.csv and OUT/sweep.png.",
@@ -35,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="run each step for real; a size that runs out of memory becomes a row marked "
                        "'out of memory' (default: off)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)} (default: float32)")
+    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPE_NAMES)} (default: float32)")
     p.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam (default: sgd)")
     p.add_argument("--out", default=".", help="directory for sweep.csv and sweep.png (default: .)")
     p.add_argument("--format", default="text", help=f"printed table: {', '.join(FORMATS)} (default: text)")

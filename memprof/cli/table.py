@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..vocabulary import DTYPES, FORMATS
+from ..vocabulary import DTYPE_NAMES, FORMATS
+
+
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = ("per-layer table: shapes, #params, #activations (deck convention) and the bytes "
+        "autograd saves per layer")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,8 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "table",
-        help="per-layer table: shapes, #params, #activations (deck convention) and the bytes "
-        "autograd saves per layer",
+        help=HELP,
         description="One row per layer: the deck's columns (input, layer, channels, kernel, stride, "
         "output, #params, #activations) beside the bytes autograd really saves for each row and "
         "the gradient bytes; totals in the deck's form; for vgg19 and revvgg the deck's table "
@@ -26,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "for package.module:factory)")
     p.add_argument("--batch-size", default="128", help="batch size of the recorded forward (default: 128)")
     p.add_argument("--dtype", default="float32",
-                   help=f"parameter/activation dtype: {', '.join(DTYPES)} (default: float32)")
+                   help=f"parameter/activation dtype: {', '.join(DTYPE_NAMES)} (default: float32)")
     p.add_argument("--format", default="text", help=f"output format: {', '.join(FORMATS)} (default: text)")
     p.add_argument("--out", default=None, help="write to this file, atomically (default: stdout)")
     p.add_argument("--input-shape", default=None,

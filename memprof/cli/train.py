@@ -7,6 +7,10 @@ import shlex
 import sys
 
 
+#: one line for ``memprof --help`` (read without building this verb's parser)
+HELP = ("train/evaluate a model on CIFAR-10 with the deck's recipe (works under torchrun)")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..models import list_models
     from ..train.config import DEVICES, AmpMode, TrainConfig
@@ -14,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = sub.add_parser(
         "train",
-        help="train/evaluate a model on CIFAR-10 with the deck's recipe (works under torchrun)",
+        help=HELP,
         description=(
             "Train MODEL on CIFAR-10 with SGD + momentum and a step learning-rate schedule (the deck: "
             "lr 0.1 divided by 10 every 50 epochs, 300 epochs), logging every epoch to "
@@ -52,6 +56,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"save a checkpoint every N epochs, 0: only at the end (default: {d.checkpoint_every})")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="continue from a checkpoint written by memprof train (default: start afresh)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although a setting that shapes the run (batch size, learning rate, schedule, "
+                   "seed, data, amp...) differs from the checkpoint's; the run is then no exact continuation "
+                   "(default: off, such a resume is refused)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory for the log, checkpoints and report (default: runs/MODEL)")
     p.add_argument("--limit-batches", type=int, default=None, metavar="N",
@@ -75,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         out_dir=args.out or f"runs/{args.model}", limit_batches=args.limit_batches,
         num_workers=args.num_workers, seed=args.seed, progress=args.progress,
+        allow_config_change=args.allow_config_change,
     )
     command = "memprof " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     result = train(config, command=command)
@@ -86,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     last = result.history[-1] if result.history else None
     if last is not None:
         print(f"\nlast epoch {last.epoch}: test accuracy {last.test_acc:.4f}, train loss {last.loss:.4f}")
-    print(f"log: {result.log_path}")
+    if result.log_path is not None:
+        print(f"log: {result.log_path}")
+    else:
+        print("no training log written: the checkpoint had no epoch left to train (raise --epochs to continue)")
     for path in result.checkpoints[-1:]:
         print(f"checkpoint: {path}")
     for path in result.report_paths:

@@ -4,6 +4,10 @@
   bytes autograd saves for it (``saved_tensors_hooks``);
 - :mod:`~memprof.recording.runner`: the training step (``run_step``), the step recorded under
   the trackers, real or fake (``record_step``), and the interleaved timing loop (``time_steps``);
+- :mod:`~memprof.recording.user_step`: what a user's step is made of (inputs of any kind and
+  dtype, input specs, loss, optimizer by name or callable, autocast, accumulation);
+- :mod:`~memprof.recording.session`: :class:`SessionRecorder`, the user's own loop recorded with
+  PyTorch's global module and optimizer hooks and the allocator's events (``memprof.track()``);
 - :mod:`~memprof.recording.attribution`: :class:`StorageTracker`, who owns every live byte;
 - :mod:`~memprof.recording.boundaries`: :class:`ModuleBoundaries`, where each module's forward
   and backward start and end;

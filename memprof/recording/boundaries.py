@@ -17,7 +17,10 @@ Example::
 Known limitations: a module whose inputs need no gradient (the first layer) has no
 end-of-backward event, and a module whose output needs none has no start-of-backward event
 (its owner closes such intervals at the end of the backward phase); only the first input and
-output tensor that need a gradient are watched (NOTE [ Module backward boundaries ]).
+output tensor that need a gradient are watched (NOTE [ Module backward boundaries ]); the
+gradient hooks live on the step's tensors, so one on an input tensor the caller keeps stays with
+that tensor after :meth:`ModuleBoundaries.track` exits (the user hooks should check that they
+are still wanted, as the storage tracker's do).
 """
 
 from __future__ import annotations

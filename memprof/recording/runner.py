@@ -20,15 +20,16 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..validation import UsageError, check_optimizer
-from ..vocabulary import Optimizer, Phase, dtype_name
+from ..errors import is_out_of_memory, out_of_memory
+from ..validation import UsageError
+from ..vocabulary import Phase, dtype_name
 from .allocations import (
     AllocatorResult,
     CpuAllocatorTracker,
@@ -36,9 +37,24 @@ from .allocations import (
     make_allocator_tracker,
 )
 from .attribution import StorageTracker
+from .user_step import (
+    InputSpec,
+    Inputs,
+    StepRecipe,
+    call_model,
+    default_loss,
+    input_tensors,
+    make_inputs,
+    select_output,
+    resize_batch,
+    to_device,
+)
+from .user_step import make_optimizer as _make_optimizer
 
 __all__ = [
     "StepRecord",
+    "StepSpec",
+    "make_batch",
     "StepSetup",
     "compute_loss",
     "make_optimizer",
@@ -51,33 +67,19 @@ __all__ = [
 ]
 
 
-def make_optimizer(name: str, params: Any) -> torch.optim.Optimizer:
-    """``sgd`` (lr 0.1, momentum 0.9: the deck's recipe) or ``adam`` (lr 1e-3).
+def make_optimizer(name: Any, params: Any, **settings: Any) -> torch.optim.Optimizer:
+    """``sgd`` (lr 0.1, momentum 0.9: the deck's recipe), ``adam`` or ``adamw`` (lr 1e-3), with
+    ``settings`` over those defaults, or any ``params -> Optimizer`` callable.
 
     Raises:
         UsageError: for another name, listing the allowed ones.
     """
-    check_optimizer(name)
-    if name == Optimizer.SGD:
-        return torch.optim.SGD(params, lr=0.1, momentum=0.9)
-    return torch.optim.Adam(params, lr=1e-3)
-
-
-def _first_output(output: Any) -> Any:
-    """The tensor a loss is taken of: the first of a tuple/list, the first value of a dict."""
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    if isinstance(output, dict):
-        return next(iter(output.values()))
-    return output
+    return _make_optimizer(name, params, **settings)
 
 
 def compute_loss(output: Any, targets: torch.Tensor | None) -> torch.Tensor:
-    """Cross-entropy for (B, classes) logits with integer targets; the mean otherwise."""
-    output = _first_output(output)
-    if targets is not None and output.dim() == 2:
-        return nn.functional.cross_entropy(output, targets)
-    return output.float().mean()
+    """The loss NOTE [ Which output the loss is taken of ] (in :mod:`.user_step`) chooses."""
+    return default_loss(output, targets)
 
 
 def _sync(device: torch.device) -> None:
@@ -95,51 +97,64 @@ class _NoPhases:
 def run_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     targets: torch.Tensor | None,
     tracker: StorageTracker | None = None,
     allocator: Any = None,
     phase_times: dict[str, float] | None = None,
+    recipe: StepRecipe | None = None,
 ) -> torch.Tensor:
-    """Forward, loss, backward and optimizer step (gradients must have been set to None before).
+    """Forward, loss, backward (``accumulation_steps`` times) and optimizer step (gradients must
+    have been set to None before).
 
     Args:
-        model, optimizer, inputs, targets: the step.
+        model, optimizer, targets: the step.
+        inputs: a tensor, a tuple (``model(*inputs)``) or a dict (``model(**inputs)``).
         tracker: told where each phase starts (:meth:`StorageTracker.set_phase`).
         allocator: an allocator tracker whose ``phase(name)`` context brackets each phase.
         phase_times: if given, filled with the time of each phase in seconds: CPU time of the
-            process on the CPU (robust to other processes' load), wall time on CUDA (synchronised).
+            process on the CPU (robust to other processes' load), wall time on CUDA (synchronised);
+            a phase repeated by accumulation adds up.
+        recipe: loss, autocast and accumulation (default: :class:`StepRecipe`).
 
     Returns:
-        The loss (detached).
+        The loss of the last micro-step (detached).
     """
+    recipe = recipe or StepRecipe()
     marks = allocator if allocator is not None else _NoPhases()
-    clock = time.process_time if inputs.device.type == "cpu" else time.perf_counter
+    device = input_tensors(inputs)[0].device
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
     last = [clock(), ""]
 
     def set_phase(name: str) -> None:
         if phase_times is not None:
-            _sync(inputs.device)
+            _sync(device)
             now = clock()
             if last[1]:
-                phase_times[last[1]] = now - last[0]
+                phase_times[last[1]] = phase_times.get(last[1], 0.0) + now - last[0]
             last[:] = [now, name]
         if tracker is not None:
             tracker.set_phase(name)
 
-    set_phase(Phase.FORWARD.value)
-    with marks.phase(Phase.FORWARD.value):
-        output = model(inputs)
-        loss = compute_loss(output, targets)
-    set_phase(Phase.BACKWARD.value)
-    with marks.phase(Phase.BACKWARD.value):
-        loss.backward()
+    for _ in range(recipe.accumulation_steps):
+        set_phase(Phase.FORWARD.value)
+        with marks.phase(Phase.FORWARD.value):
+            with recipe.autocast_context(device):
+                output = call_model(model, inputs)
+                loss = recipe.loss(output, inputs, targets)
+            if recipe.accumulation_steps > 1:
+                loss = loss / recipe.accumulation_steps
+        # the output stays referenced through backward (and the next micro-step's forward), as
+        # ``out = model(x)`` in a training loop does: the reports' figures assume it
+        set_phase(Phase.BACKWARD.value)
+        with marks.phase(Phase.BACKWARD.value):
+            loss.backward()
     set_phase(Phase.OPTIMIZER.value)
     with marks.phase(Phase.OPTIMIZER.value):
         optimizer.step()
     if phase_times is not None:
-        _sync(inputs.device)
-        phase_times[last[1]] = clock() - last[0]
+        _sync(device)
+        phase_times[last[1]] = phase_times.get(last[1], 0.0) + clock() - last[0]
     return loss.detach()
 
 
@@ -158,10 +173,6 @@ class StepRecord:
         cuda_model: for a CUDA estimate, ``(allocated, reserved)`` bytes after every event of the
             storage stream replayed through the caching-allocator model.
         cuda_not_modelled: what that model leaves out (said with every CUDA estimate).
-        kernels: in an estimate, what the target device's kernels add
-            (:class:`~memprof.recording.estimate.DeviceKernels`: workspaces, scratch, what is
-            not modelled).
-        expandable_segments: the CUDA model ran with ``expandable_segments:True``.
     """
 
     loss: torch.Tensor
@@ -172,16 +183,24 @@ class StepRecord:
     traced_on: torch.device | None = None
     cuda_model: tuple[np.ndarray, np.ndarray] | None = None
     cuda_not_modelled: tuple[str, ...] = ()
+    #: one sample's shape of the first input (for reports)
+    input_shape: tuple[int, ...] = ()
+    #: what the loss was taken of: ``{"output": ..., "function": ...}`` (NOTE [ Which output the loss is taken of ])
+    loss_choice: dict[str, str] = field(default_factory=dict)
+    #: in an estimate, what the target device's kernels add (recording.estimate.DeviceKernels:
+    #: real-sized workspaces, scratch, what is not modelled)
     kernels: Any = None
+    #: the CUDA model ran with ``expandable_segments:True``
     expandable_segments: bool = False
 
 
 def measure_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     targets: torch.Tensor | None,
     allocator: CpuAllocatorTracker | CudaAllocatorTracker | None = None,
+    recipe: StepRecipe | None = None,
     kernels: Any = None,
 ) -> StepRecord:
     """Run one step under the storage tracker (and the allocator tracker, if given).
@@ -195,14 +214,14 @@ def measure_step(
     Returns:
         The :class:`StepRecord`.
     """
-    tracker = StorageTracker(model, optimizer, [t for t in (inputs, targets) if t is not None])
-    device = inputs.device
+    tracker = StorageTracker(model, optimizer, [*input_tensors(inputs), *([targets] if targets is not None else [])])
+    device = input_tensors(inputs)[0].device
     gc.collect()
     if kernels is not None:
         kernels.bind(tracker)
     if allocator is None:
         with tracker.track():
-            loss = run_step(model, optimizer, inputs, targets, tracker)
+            loss = run_step(model, optimizer, inputs, targets, tracker, recipe=recipe)
         return StepRecord(loss, tracker, None, None, traced_on=device, kernels=kernels)
     if isinstance(allocator, CudaAllocatorTracker):
         tracker.listener = allocator
@@ -210,30 +229,53 @@ def measure_step(
         with tracker.track():
             _sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            loss = run_step(model, optimizer, inputs, targets, tracker, allocator)
+            loss = run_step(model, optimizer, inputs, targets, tracker, allocator, recipe=recipe)
             _sync(device)
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return StepRecord(loss, tracker, allocator.result, elapsed, cpu, traced_on=device)
 
 
+def _describe(inputs: Inputs) -> str:
+    """Shapes and dtypes of the inputs, for an error message."""
+    def one(t: torch.Tensor) -> str:
+        return f"{tuple(t.shape)} {dtype_name(t.dtype)}"
+
+    if isinstance(inputs, torch.Tensor):
+        return one(inputs)
+    if isinstance(inputs, Mapping):
+        return ", ".join(f"{k}: {one(v)}" for k, v in inputs.items() if isinstance(v, torch.Tensor))
+    return ", ".join(one(v) for v in inputs if isinstance(v, torch.Tensor))
+
+
 def warm_up(
-    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, make_targets: Callable[[Any], Any]
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: Inputs, make_targets: Callable[[Any], Any],
+    recipe: StepRecipe | None = None,
 ) -> torch.Tensor | None:
     """One step that creates the optimizer state; returns the targets it drew.
 
     Raises:
-        UsageError: when the model rejects the input, naming its shape and the model's error.
+        UsageError: when the model rejects the inputs, naming their shapes and the model's error,
+            or when its output leaves the loss ambiguous.
+        memprof.errors.OutOfMemory: when the forward runs out of memory (NOTE [ Out of memory is a result ]).
     """
+    recipe = recipe or StepRecipe()
+    device = input_tensors(x)[0].device
     try:
-        out = model(x)
-    except (RuntimeError, ValueError, IndexError) as exc:
+        with recipe.autocast_context(device):
+            out = call_model(model, x)
+    except (RuntimeError, ValueError, IndexError, TypeError, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, len(input_tensors(x)[0]), device) from None
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(
-            f"the model rejects an input of shape {tuple(x.shape[1:])} (batch {x.shape[0]}, "
-            f"{dtype_name(x.dtype)}, {x.device.type}): {msg}"
-        ) from None
-    targets = make_targets(out)
-    loss = compute_loss(out, targets)
+        if isinstance(x, torch.Tensor):
+            raise UsageError(
+                f"the model rejects an input of shape {tuple(x.shape[1:])} (batch {x.shape[0]}, "
+                f"{dtype_name(x.dtype)}, {x.device.type}): {msg}"
+            ) from None
+        raise UsageError(f"the model rejects inputs {_describe(x)} ({device.type}): {msg}") from None
+    with recipe.autocast_context(device):
+        targets = make_targets(out) if recipe.loss_fn is None else None
+        loss = recipe.loss(out, x, targets)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -245,8 +287,13 @@ def targets_for(batch_size: int, device: torch.device, seed: int) -> Callable[[A
     """A function drawing class targets for a model's output (None unless it is (B, classes) logits)."""
 
     def make(out: Any) -> torch.Tensor | None:
-        out = _first_output(out)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        try:
+            key, out = select_output(out)
+        except UsageError:  # no output to draw targets for: the loss says why (or loss_fn needs none)
+            return None
+        if key == "loss":  # the model computed its own loss
+            return None
+        if out.dim() != 2:
             return None
         g = torch.Generator().manual_seed(seed + 1)
         t = torch.randint(out.shape[1], (batch_size,), generator=g)
@@ -267,12 +314,53 @@ def _quiet_fake_tensor_log() -> Iterator[None]:
         logger.setLevel(level)
 
 
+@dataclass(frozen=True)
+class StepSpec:
+    """What a recorded step runs, beyond the model (arguments already checked).
+
+    Attributes:
+        batch_size: samples per step.
+        input_shape: one float sample's shape, used when ``inputs`` is None.
+        inputs: example inputs (tensor, tuple or dict; the batch dimension repeated or cut to
+            ``batch_size``) or a list of :class:`~memprof.recording.user_step.InputSpec`.
+        optimizer: a name (``sgd``, ``adam``, ``adamw``) or a ``params -> Optimizer`` callable.
+        optimizer_settings: keyword arguments for a named optimizer.
+        recipe: loss, autocast, accumulation.
+    """
+
+    batch_size: int
+    input_shape: tuple[int, ...] = ()
+    inputs: Any = None
+    optimizer: Any = "sgd"
+    optimizer_settings: tuple[tuple[str, Any], ...] = ()
+    recipe: StepRecipe = StepRecipe()
+
+
+def make_batch(spec: StepSpec, device: torch.device, dtype: torch.dtype, seed: int) -> Inputs:
+    """The step's input batch on ``device``: from specs, example tensors, or the float input shape.
+
+    Floating-point inputs take ``dtype``; integer inputs (token ids, masks) keep theirs.
+    """
+    inputs = spec.inputs
+    if inputs is None:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn((spec.batch_size, *spec.input_shape), generator=g).to(device=device, dtype=dtype)
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, InputSpec) for i in inputs):
+        batch = make_inputs(list(inputs), spec.batch_size, torch.device("cpu"), seed)
+    else:
+        batch = resize_batch(inputs, spec.batch_size)
+    return to_device(batch, device, dtype)
+
+
+def sample_shape(inputs: Inputs) -> tuple[int, ...]:
+    """One sample's shape of the first input with a batch dimension (for reports)."""
+    return tuple(next(t for t in input_tensors(inputs) if t.dim() > 0).shape[1:])
+
+
 def record_step(
     model: nn.Module,
-    batch_size: int,
-    input_shape: tuple[int, ...],
+    spec: StepSpec,
     *,
-    optimizer: str,
     dtype: torch.dtype,
     device: torch.device,
     estimate: bool,
@@ -285,10 +373,9 @@ def record_step(
     estimating (FakeTensorMode: nothing allocated, the same storages).
 
     Args:
-        model: any ``nn.Module`` taking one tensor of shape ``(batch_size, *input_shape)``.
-        batch_size, input_shape: the batch.
-        optimizer: ``sgd`` or ``adam``.
-        dtype, device: of parameters and inputs.
+        model: any ``nn.Module``.
+        spec: the batch, optimizer, loss, precision and accumulation (:class:`StepSpec`).
+        dtype, device: of parameters and floating-point inputs.
         estimate: run on a fake copy instead of allocating.
         seed: seeds the input batch and the targets.
         expandable_segments: a CUDA estimate models ``expandable_segments:True``.
@@ -297,17 +384,26 @@ def record_step(
         The :class:`StepRecord` (with the allocator's result when measured).
 
     Raises:
-        UsageError: when the model rejects the input.
+        UsageError: when the model rejects the inputs, or its output leaves the loss ambiguous.
+        memprof.errors.OutOfMemory: when a measured step does not fit (NOTE [ Out of memory is a result ]).
     """
     if estimate:
-        return _record_fake_step(model, batch_size, input_shape, optimizer, dtype, device, seed, expandable_segments)
-    work = copy.deepcopy(model).to(device=device, dtype=dtype)
-    work.train()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch_size, *input_shape), generator=g).to(device=device, dtype=dtype)
-    opt = make_optimizer(optimizer, work.parameters())
-    targets = warm_up(work, opt, x, targets_for(batch_size, device, seed))
-    return measure_step(work, opt, x, targets, allocator=make_allocator_tracker(device))
+        record = _record_fake_step(model, spec, dtype, device, seed, expandable_segments)
+    else:
+        try:
+            work = copy.deepcopy(model).to(device=device, dtype=dtype)
+            work.train()
+            x = make_batch(spec, device, dtype, seed)
+            opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
+            targets = warm_up(work, opt, x, targets_for(spec.batch_size, device, seed), spec.recipe)
+            record = measure_step(work, opt, x, targets, allocator=make_allocator_tracker(device), recipe=spec.recipe)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise out_of_memory(exc, spec.batch_size, device) from None
+        record.input_shape = sample_shape(x)
+    record.loss_choice = dict(spec.recipe.choice)
+    return record
 
 
 # NOTE [ CUDA estimates without a GPU ]
@@ -315,10 +411,8 @@ def record_step(
 # context to run their backward. Without a GPU the step is traced with fake CPU tensors
 # (the same ops and storage sizes, except cuDNN-specific extras such as the batch-norm
 # reserve space) and the caching-allocator model is applied to that trace.
-def _record_fake_step(
-    model: nn.Module, batch_size: int, input_shape: tuple[int, ...], optimizer: str,
-    dtype: torch.dtype, device: torch.device, seed: int, expandable_segments: bool = False,
-) -> StepRecord:
+def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, device: torch.device,
+                      seed: int, expandable_segments: bool = False) -> StepRecord:
     """:func:`record_step` under FakeTensorMode (NOTE [ CUDA estimates without a GPU ]).
 
     The fake step runs under :class:`~memprof.recording.estimate.DeviceKernels`, which gives
@@ -333,14 +427,16 @@ def _record_fake_step(
     mode = FakeTensorMode()
     work = make_fake_model(model, mode, trace_dev, dtype)
     work.train()
+    real = make_batch(spec, torch.device("cpu"), dtype, seed)  # small: one batch of example values
     with mode, _quiet_fake_tensor_log():
-        x = torch.empty((batch_size, *input_shape), dtype=dtype, device=trace_dev)
-        opt = make_optimizer(optimizer, work.parameters())
+        x = _fake_inputs(real, mode, trace_dev)
+        opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
         with DeviceKernels(device.type, trace_dev.type):  # the warm-up holds real-sized workspaces too
-            targets = warm_up(work, opt, x, targets_for(batch_size, trace_dev, seed))
+            targets = warm_up(work, opt, x, targets_for(spec.batch_size, trace_dev, seed), spec.recipe)
         with DeviceKernels(device.type, trace_dev.type) as kernels:
-            record = measure_step(work, opt, x, targets, kernels=kernels)
+            record = measure_step(work, opt, x, targets, recipe=spec.recipe, kernels=kernels)
     record.traced_on = trace_dev
+    record.input_shape = sample_shape(real)
     if device.type == "cuda":
         tracker = record.tracker
         lives = [(life.start, life.end, life.nbytes) for lives in tracker.lives.values() for life in lives]
@@ -350,6 +446,18 @@ def _record_fake_step(
         record.cuda_not_modelled = tuple(NOT_MODELLED_CUDA)
         record.expandable_segments = expandable_segments
     return record
+
+
+def _fake_inputs(real: Inputs, mode: Any, device: torch.device) -> Inputs:
+    """Fake copies of real inputs (same shapes and dtypes, no memory), on ``device``."""
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        return mode.from_tensor(t).to(device)
+
+    if isinstance(real, torch.Tensor):
+        return fake(real)
+    if isinstance(real, Mapping):
+        return {k: fake(v) if isinstance(v, torch.Tensor) else v for k, v in real.items()}
+    return tuple(fake(v) if isinstance(v, torch.Tensor) else v for v in real)
 
 
 @dataclass

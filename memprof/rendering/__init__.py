@@ -3,7 +3,7 @@
 :mod:`~memprof.rendering.result` defines the one result protocol; each result class adds it to
 the plain dataclass aggregation computed (:class:`~memprof.rendering.layer_table.LayerTable`,
 :class:`~memprof.rendering.step.StepProfile`, :class:`~memprof.rendering.sweep.SweepResult`,
-:class:`~memprof.rendering.compare.StrategyComparison`). :mod:`~memprof.rendering.tables`
+:class:`~memprof.rendering.compare.StrategyComparison`, :class:`~memprof.rendering.tracked.TrackRecording`). :mod:`~memprof.rendering.tables`
 renders DataFrames; :mod:`~memprof.rendering.plots` draws Figures from DataFrames or a timeline.
 """
 

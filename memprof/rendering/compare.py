@@ -36,9 +36,12 @@ class StrategyComparison(ComparisonData, Result):
         """One row per strategy; bytes and parameters as integers, ratios as floats."""
         import pandas as pd
 
-        cols = ["strategy", "model", "params", "activation_peak_bytes", "peak_bytes", "activation_ratio",
+        cols = ["strategy", "status", "model", "params", "activation_peak_bytes", "peak_bytes", "activation_ratio",
                 "peak_ratio", "time_ratio", "time_ratio_min", "time_ratio_max", "step_time_s", "description"]
         df = pd.DataFrame(self.rows, columns=cols)
+        df["status"] = df["status"].fillna("ok")
+        for c in ("activation_peak_bytes", "peak_bytes"):
+            df[c] = df[c].astype("Int64")
         for c in ("time_ratio", "time_ratio_min", "time_ratio_max", "step_time_s"):
             df[c] = df[c].astype("float64")
         return df
@@ -121,6 +124,8 @@ class StrategyComparison(ComparisonData, Result):
                  "time_ratio", "time_ratio_min", "time_ratio_max", "description"]].copy()
         df["time_range"] = [
             "" if pd.isna(lo) else f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(df["time_ratio_min"], df["time_ratio_max"])]
+        if (self.to_dataframe()["status"] != "ok").any():  # NOTE [ Out of memory is a result ]: say which did not fit
+            df["description"] = [d if st == "ok" else st for d, st in zip(df["description"], self.to_dataframe()["status"])]
         return df[["strategy", "params", "activation_peak_bytes", "activation_ratio", "peak_bytes", "peak_ratio",
                    "time_ratio", "time_range", "description"]]
 

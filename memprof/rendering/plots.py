@@ -134,10 +134,13 @@ def plot_sweep(
     models = list(dict.fromkeys(df["model"]))
     reference = reference or models[0]
     colours = {m: f"C{i}" for i, m in enumerate(models)}
-    fig = _new_figure(figsize=(16, 5))
-    axes = fig.subplots(1, 3)
+    # a savings panel needs a second model: with one, it is left out rather than drawn empty
+    fig = _new_figure(figsize=(16, 5) if len(models) > 1 else (11, 5))
+    axes = fig.subplots(1, 3 if len(models) > 1 else 2)
     _sweep_memory_panels(axes[:2], df, models, colours, kind)
-    _sweep_savings_panel(axes[2], df, models, reference, colours)
+    if len(models) > 1:
+        _sweep_savings_panel(axes[2], df, models, reference, colours)
+    _mark_out_of_memory(axes, df, models, colours)
     _sweep_axes_and_legend(fig, axes, df, models, colours, kind, title)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +173,19 @@ def _sweep_memory_panels(axes: Any, df: Any, models: list[str], colours: dict[st
         if _spans(values, 20):
             ax.set_yscale("log")
         ax.grid(True, which="major", alpha=0.3)
+
+
+def _mark_out_of_memory(axes: Any, df: Any, models: list[str], colours: dict[str, str]) -> None:
+    """Mark each batch size that ran out of memory (its row has no figures): a dotted line and a label."""
+    if "status" not in df:
+        return
+    for m in models:
+        failed = df[(df["model"] == m) & df["status"].astype(str).str.startswith("out of memory")]
+        for b in failed["batch_size"]:
+            for ax in axes:
+                ax.axvline(int(b), color=colours[m], ls=":", lw=1)
+                ax.text(int(b), 0.5, f"{m}: out of memory", transform=ax.get_xaxis_transform(), rotation=90,
+                        ha="right", va="center", fontsize=8, color=colours[m])
 
 
 def _sweep_savings_panel(ax: Any, df: Any, models: list[str], reference: str, colours: dict[str, str]) -> None:
@@ -217,7 +233,7 @@ def plot_strategies(df: Any, path: str | Path | None = None, *, title: str | Non
     """Memory against step time, one point per strategy (lower left is better).
 
     Filled markers are the activation peak, hollow ones the step peak of the same strategy,
-    joined by a thin line and labelled with its name; the x axis is the step time as a ratio
+    joined by a thin line, the strategy named by colour in the legend; the x axis is the step time as a ratio
     to plain autograd (fastest round over plain's fastest; a thick bar spans the ratios taken
     within each round, a measure of the run's noise).
 
@@ -238,25 +254,27 @@ def plot_strategies(df: Any, path: str | Path | None = None, *, title: str | Non
     fig = _new_figure(figsize=(8, 5.5))
     ax = fig.subplots()
     for i, r in enumerate(df.itertuples(index=False)):
-        if r.time_ratio != r.time_ratio or r.time_ratio is None:
-            continue
+        if r.time_ratio is None or r.time_ratio != r.time_ratio or r.activation_peak_bytes is None \
+                or r.activation_peak_bytes != r.activation_peak_bytes:
+            continue  # not timed, or out of memory
         c = f"C{i}"
         act, peak = r.activation_peak_bytes / MiB, r.peak_bytes / MiB
         ax.plot([r.time_ratio, r.time_ratio], [act, peak], color=c, lw=0.8, alpha=0.6)
         lo, hi = getattr(r, "time_ratio_min", None), getattr(r, "time_ratio_max", None)
         if lo is not None and hi is not None and lo == lo and hi == hi:  # the range over the rounds
             ax.plot([lo, hi], [act, act], color=c, lw=3, alpha=0.35, solid_capstyle="butt")
-        ax.scatter([r.time_ratio], [act], color=c, s=60, zorder=3)
+        # named in the legend, not beside the points: at small batches points coincide and labels collide
+        ax.scatter([r.time_ratio], [act], color=c, s=60, zorder=3, label=r.strategy)
         ax.scatter([r.time_ratio], [peak], facecolors="none", edgecolors=c, s=60, zorder=3)
-        ax.annotate(r.strategy, (r.time_ratio, act), textcoords="offset points", xytext=(6, -10), fontsize=8)
     ax.set_xlabel("step time / plain autograd's (measured, fastest rounds; bar: range of within-round ratios)")
     ax.set_ylabel("MiB (2^20 bytes): filled = activation peak, hollow = step peak")
     ax.set_ylim(bottom=0)
     lo = float(df.get("time_ratio_min", df["time_ratio"]).min())
     hi = float(df.get("time_ratio_max", df["time_ratio"]).max())
     pad = 0.08 * max(hi - lo, 0.5)
-    ax.set_xlim(lo - pad, hi + 2 * pad)  # room for the labels right of the points
+    ax.set_xlim(lo - pad, hi + pad)
     ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8, title="strategy (colour)", title_fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     return _finish(fig, path)

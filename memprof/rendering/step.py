@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..aggregation.step import StepProfileData
-from ..units import format_bytes
+from ..units import format_bytes, table_unit
 from ..vocabulary import Format
 from .plots import plot_step_timeline
 from .result import Result
@@ -40,21 +40,24 @@ class StepProfile(StepProfileData, Result):
         import pandas as pd
 
         kind = str(self.mode)
+        unit = self._unit()
         summary = [
             ("model", self.model),
             ("batch size", str(self.batch_size)),
             ("device / dtype / optimizer", f"{self.device} / {self.dtype} / {self.optimizer}"),
             ("mode", self.mode),
-            (f"peak ({kind})", format_bytes(self.peak_bytes, "MiB")),
         ]
+        if self.loss:
+            summary.append(("loss", describe_loss(self.loss)))
+        summary.append((f"peak ({kind})", format_bytes(self.peak_bytes, unit)))
         if self.reserved_peak_bytes is not None:
-            summary.append((f"reserved peak ({kind})", format_bytes(self.reserved_peak_bytes, "MiB")))
+            summary.append((f"reserved peak ({kind})", format_bytes(self.reserved_peak_bytes, unit)))
         summary += [
-            ("attributed peak (tensor-owned)", format_bytes(self.attributed_peak_bytes, "MiB")),
-            ("activation peak", format_bytes(self.activation_peak_bytes, "MiB")),
+            ("attributed peak (tensor-owned)", format_bytes(self.attributed_peak_bytes, unit)),
+            ("activation peak", format_bytes(self.activation_peak_bytes, unit)),
         ]
         for ph, row in self.phases.items():
-            summary.append((f"{ph} peak", _fmt(row["peak_bytes"])))
+            summary.append((f"{ph} peak", "" if row["peak_bytes"] is None else format_bytes(row["peak_bytes"], unit)))
         if self.step_time_s is not None:
             summary.append(("step time", f"{self.step_time_s:.3f} s"))
         total = max(self.peak_bytes, 1)
@@ -66,21 +69,55 @@ class StepProfile(StepProfileData, Result):
             self.to_dataframe(),
         )
 
-    def _render(self, fmt: Format, max_modules: int | None = None) -> str:
-        summary, breakdown, modules = self._frames()
-        if max_modules is not None:
-            modules = modules.head(max_modules)
+    def _unit(self) -> str:
+        """One unit for every byte figure of the report, scaled to the peak (NOTE in units.table_unit)."""
+        return table_unit(self.peak_bytes)
+
+    def select_modules(self, depth: int | None = None, top: int | None = None) -> tuple[list[dict[str, Any]], str]:
+        """The module rows a report shows, and a line saying what was left out ("" if nothing).
+
+        Args:
+            depth: only modules nested at most this deep (the model is depth 0, its children 1).
+            top: only the ``top`` modules with the largest peak (forward or backward), kept in
+                model order; None or 0: all.
+        """
+        rows = [m for m in self.modules if depth is None or _depth(m["name"]) <= depth]
+        shown = rows
+        if top:
+            ranked = sorted(range(len(rows)), key=lambda i: -_module_peak(rows[i]))[:top]
+            shown = [rows[i] for i in sorted(ranked)]
+        if len(shown) == len(self.modules):
+            return shown, ""
+        what = f"the {len(shown)} largest by peak of " if top and len(shown) < len(rows) else f"{len(shown)} of "
+        where = f" at depth <= {depth}" if depth is not None else ""
+        return shown, (f"showing {what}{len(self.modules)} modules{where}; --top N and --depth N choose "
+                       "(--top 0: all), --format json lists every module")
+
+    def _render(self, fmt: Format, max_modules: int | None = None, depth: int | None = None,
+                top: int | None = None) -> str:
+        import pandas as pd
+
+        summary, breakdown, _ = self._frames()
+        unit = self._unit()
+        rows, left_out = self.select_modules(depth, top if top is not None else max_modules)
+        modules = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(self.modules[0]) if self.modules else [])
         cols = ["name", "type", "calls", "forward_peak_bytes", "forward_increase_bytes",
                 "backward_peak_bytes", "backward_increase_bytes"]
         cols += [c for c in modules.columns if c.endswith("allocated_peak_bytes")]
-        modules = modules[cols].copy()
+        modules = modules.reindex(columns=cols).copy()
         modules["name"] = modules["name"].replace("", "(model)")
-        byte_fmt = {c: _fmt_any for c in cols if c.endswith("_bytes")}
+
+        def in_unit(v: Any) -> str:
+            if v is None or (isinstance(v, float) and v != v):
+                return ""
+            return format_bytes(int(v), unit)
+
+        byte_fmt = {c: in_unit for c in cols if c.endswith("_bytes")}
         return render_sections([
             render_table(summary, fmt, title=f"Training step: {self.model}"),
             render_table(
                 breakdown, fmt, title="At the peak",
-                formatters={"bytes": _fmt_any, "share": lambda v: f"{v:.1f}%"},
+                formatters={"bytes": in_unit, "share": lambda v: f"{v:.1f}%"},
                 notes=["unattributed: allocator bytes no tensor owns (kernel workspaces, rounding)"],
             ),
             render_table(
@@ -90,19 +127,20 @@ class StepProfile(StepProfileData, Result):
                          "forward_allocated_peak_bytes": "fwd peak (allocator)",
                          "backward_allocated_peak_bytes": "bwd peak (allocator)"},
                 formatters=byte_fmt,
-                notes=["peak: live bytes of the whole step while the module runs; +: above the bytes "
+                notes=[*([left_out] if left_out else []),
+                       "peak: live bytes of the whole step while the module runs; +: above the bytes "
                        "live when it started; backward includes recomputation in reversible blocks",
                        *self.notes],
             ),
         ])
 
-    def to_text(self, max_modules: int | None = None) -> str:
-        """Plain-text report: headline figures, breakdown at the peak, module peaks."""
-        return self._render(Format.TEXT, max_modules)
+    def to_text(self, max_modules: int | None = None, depth: int | None = None, top: int | None = None) -> str:
+        """Plain-text report: headline figures, breakdown at the peak, module peaks (see :meth:`select_modules`)."""
+        return self._render(Format.TEXT, max_modules, depth, top)
 
-    def to_markdown(self, max_modules: int | None = None) -> str:
+    def to_markdown(self, max_modules: int | None = None, depth: int | None = None, top: int | None = None) -> str:
         """Markdown report with the same content as :meth:`to_text`."""
-        return self._render(Format.MARKDOWN, max_modules)
+        return self._render(Format.MARKDOWN, max_modules, depth, top)
 
     def plot(self, path: str | Path | None = None) -> Any:
         """The timeline of live bytes by category with the phases marked (see rendering.plots).
@@ -124,11 +162,18 @@ class StepProfile(StepProfileData, Result):
                   f"live bytes over one step ({self.mode})")
 
 
-def _fmt(v: int | None) -> str:
-    return "" if v is None else format_bytes(v, "MiB")
+def describe_loss(loss: dict[str, str]) -> str:
+    """``cross_entropy of output["logits"]`` (NOTE [ Which output the loss is taken of ])."""
+    fn, out = loss.get("function", "?"), loss.get("output", "?")
+    if fn == "loss_fn":
+        return "loss_fn (given) of the whole output"
+    where = "the output" if out == "output" else (out if out.startswith("output[") else f'output["{out}"]')
+    return f"{fn} of {where}"
 
 
-def _fmt_any(v: Any) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return ""
-    return format_bytes(int(v), "MiB")
+def _depth(name: str) -> int:
+    return 0 if name == "" else name.count(".") + 1
+
+
+def _module_peak(row: dict[str, Any]) -> int:
+    return max(int(row.get("forward_peak_bytes") or 0), int(row.get("backward_peak_bytes") or 0))

@@ -18,6 +18,7 @@ REPORT_DESCRIPTIONS: dict[str, str] = {
     "irevvgg.md": "i-Rev-VGG's per-layer table (the deck's 'future work', invertible up to the head).",
     "irevvgg.csv": "the same i-Rev-VGG table as CSV.",
     "memory.md": "the memory of one training step per model: peak, breakdown at the peak, activation peak.",
+    "sweep.md": "the sweep's table with its settings and provenance (the CSV beside it is plain CSV).",
     "sweep.csv": "every model at every batch size: deck-convention activations, autograd-saved bytes, step "
                  "peak and activation peak (estimated), and the savings against VGG-19.",
     "sweep.png": "the sweep as a picture: memory against batch size per model, and the savings in percent.",

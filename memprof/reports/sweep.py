@@ -15,19 +15,24 @@ REPORT_COMMAND = "memprof report sweep"  # same figures as `memprof sweep --out 
 
 
 def write_sweep_files(result: SweepResult, out_dir: str | Path, command: str) -> list[Path]:
-    """Write ``sweep.csv`` and ``sweep.png`` under ``out_dir``, each atomically.
+    """Write ``sweep.csv``, ``sweep.md`` and ``sweep.png`` under ``out_dir``, each atomically.
+
+    The CSV is plain CSV (``pandas.read_csv`` reads its header); its provenance, the settings
+    and the notes are in ``sweep.md`` beside it.
 
     Returns:
         The paths written.
     """
     out = Path(out_dir)
     png = figure_png(result.plot())
-    csv = result.to_csv(comment=provenance(command) + " " + result.title + "; bytes; savings in percent.")
-    return [atomic_write_text(out / "sweep.csv", csv), atomic_write_bytes(out / "sweep.png", png)]
+    md = (f"{provenance(command)}\n\n`sweep.csv` beside this file holds the same rows (bytes; savings in percent) "
+          f"and `sweep.png` the plot.\n\n{result.to_markdown()}")
+    return [atomic_write_text(out / "sweep.csv", result.to_csv()), atomic_write_text(out / "sweep.md", md),
+            atomic_write_bytes(out / "sweep.png", png)]
 
 
 def write_sweep_reports(out_dir: Path) -> list[Path]:
-    """``reports/sweep.csv`` and ``reports/sweep.png``: the default sweep (estimated, CPU, float32).
+    """``reports/sweep.csv``, ``sweep.md`` and ``sweep.png``: the default sweep (estimated, CPU, float32).
 
     Returns:
         The paths written.

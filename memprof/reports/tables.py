@@ -28,6 +28,6 @@ def write_table_reports(out_dir: Path) -> list[Path]:
         same = f"`memprof table {name} --format markdown{flag}` prints the same tables."
         md = f"{provenance(command)}\n\n{same}\n\n" + table.to_markdown(include_seed_table=True)
         written.append(atomic_write_text(out_dir / f"{name}.md", md))
-        csv = table.to_csv(comment=provenance(f"{command}") + f" Same as `memprof table {name} --format csv`.")
+        csv = table.to_csv()  # plain CSV; its provenance is in the .md beside it
         written.append(atomic_write_text(out_dir / f"{name}.csv", csv))
     return written

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._state import RngTape
-from .base import InvertibleModule, ParamGrads
+from .base import InvertibleModule, ParamGrads, ReverseStep
 
-__all__ = ["InvertibleDownsample", "ChannelZeroPad", "Invertible1x1Conv"]
+
+def _tensor(module: nn.Module, x: Any) -> torch.Tensor:
+    """x, which must be one tensor (these blocks do not take several streams)."""
+    if not isinstance(x, torch.Tensor):
+        # ValueError, not TypeError: the sequence names the block for ValueErrors of its blocks
+        raise ValueError(f"{type(module).__name__} takes one tensor, got {type(x).__name__}")  # noqa: TRY004
+    return x
+
+__all__ = ["ChannelZeroPad", "Invertible1x1Conv", "InvertibleDownsample"]
 
 
 class InvertibleDownsample(InvertibleModule):
@@ -34,6 +43,7 @@ class InvertibleDownsample(InvertibleModule):
         self.factor = factor
 
     def _check(self, x: torch.Tensor) -> None:
+        _tensor(self, x)
         f = self.factor
         if x.dim() != 4 or x.shape[-1] % f or x.shape[-2] % f:
             raise ValueError(
@@ -41,17 +51,20 @@ class InvertibleDownsample(InvertibleModule):
                 f"divisible by {f}; got shape {tuple(x.shape)}"
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *conditioning: Any, **kw: Any) -> torch.Tensor:
+        """Space-to-depth (conditioning arguments of a sequence are ignored)."""
         self._check(x)
         return F.pixel_unshuffle(x, self.factor)  # (B, C*f*f, H/f, W/f)
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return F.pixel_shuffle(y, self.factor)  # (B, C, H, W)
+    def inverse(self, y: torch.Tensor, *conditioning: Any, **kw: Any) -> torch.Tensor:
+        return F.pixel_shuffle(_tensor(self, y), self.factor)  # (B, C, H, W)
 
-    def reverse(
-        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape, *, y_owned: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
+    def reverse(self, y: Any, grad_y: Any, step: ReverseStep) -> tuple[Any, Any, ParamGrads]:
         return self.inverse(y), self.inverse(grad_y), []
+
+    def reverse_inverse(self, x: Any, grad_x: Any, step: ReverseStep) -> tuple[Any, Any, ParamGrads]:
+        # inverse is a permutation too: its adjoint is the forward permutation
+        return self.forward(x), self.forward(grad_x), []
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
@@ -92,7 +105,9 @@ class ChannelZeroPad(InvertibleModule):
         self.pad = pad
         self.halves = halves
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *conditioning: Any, **kw: Any) -> torch.Tensor:
+        """Add the zero channels (conditioning arguments of a sequence are ignored)."""
+        _tensor(self, x)
         if x.dim() < 2 or (self.halves and x.shape[1] % 2):
             need = "an even channel count" if self.halves else "a (B, C, ...) input"
             raise ValueError(f"ChannelZeroPad(halves={self.halves}) needs {need}; got shape {tuple(x.shape)}")
@@ -102,18 +117,23 @@ class ChannelZeroPad(InvertibleModule):
         zeros = x.new_zeros((x.shape[0], self.pad // 2, *x.shape[2:]))
         return torch.cat([x1, zeros, x2, zeros], dim=1)
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor, *conditioning: Any, **kw: Any) -> torch.Tensor:
+        _tensor(self, y)
         if not self.halves:
             return y[:, : y.shape[1] - self.pad]
         y1, y2 = torch.chunk(y, 2, dim=1)
         keep = y1.shape[1] - self.pad // 2
         return torch.cat([y1[:, :keep], y2[:, :keep]], dim=1)
 
-    def reverse(
-        self, y: torch.Tensor, grad_y: torch.Tensor, tape: RngTape, *, y_owned: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None, ParamGrads]:
+    def reverse(self, y: Any, grad_y: Any, step: ReverseStep) -> tuple[Any, Any, ParamGrads]:
         # The adjoint of adding zero channels is dropping those channels of the gradient.
         return self.inverse(y), self.inverse(grad_y), []
+
+    def reverse_inverse(self, x: Any, grad_x: Any, step: ReverseStep) -> tuple[Any, Any, ParamGrads]:
+        # ... and the adjoint of dropping them is adding zeros: the forward. The rebuilt y has
+        # zeros where the forward had zeros, which is what the inverse dropped only if they were
+        # zeros; for an inverse-direction chain that is the contract of ChannelZeroPad.
+        return self.forward(x), self.forward(grad_x), []
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}, halves={self.halves}"
@@ -136,13 +156,16 @@ class Invertible1x1Conv(InvertibleModule):
         q, _ = torch.linalg.qr(torch.randn(channels, channels))
         self.weight = nn.Parameter(q)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *conditioning: Any, **kw: Any) -> torch.Tensor:
+        """Mix the channels (conditioning arguments of a sequence are ignored)."""
+        _tensor(self, x)
         c = self.weight.shape[0]
         if x.dim() != 4 or x.shape[1] != c:
             raise ValueError(f"Invertible1x1Conv({c}) needs a (B, {c}, H, W) input; got shape {tuple(x.shape)}")
         return F.conv2d(x, self.weight[:, :, None, None])
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor, *conditioning: Any, **kw: Any) -> torch.Tensor:
+        _tensor(self, y)
         w_inv = torch.linalg.inv(self.weight.double()).to(self.weight.dtype)
         return F.conv2d(y, w_inv[:, :, None, None])
 

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from ._state import NULL_TAPE, RngTape, capture_autocast, frozen_batchnorm_stats, replay_autocast
-from .base import InvertibleModule, grad_params, is_invertible, reverse_by_recompute
+from ._state import NULL_TAPE, BufferTape, RngTape, capture_autocast, replay_autocast
+from .base import (
+    InvertibleModule,
+    ReverseStep,
+    Spec,
+    describe,
+    flatten,
+    grad_params,
+    is_invertible,
+    leaf,
+    reverse_by_recompute,
+    reverse_inverse_by_recompute,
+    unflatten,
+)
 
 __all__ = ["ReversibleSequence"]
 
@@ -22,8 +35,10 @@ __all__ = ["ReversibleSequence"]
 # output is the next node's input and is freed as soon as the next block has consumed it. Only
 # the node of the last block saves anything: its output (which the next layer usually holds
 # anyway, so deduplicated it often costs nothing). Besides it, each node's ctx holds an RngTape
-# that is empty unless the block drew random numbers (NOTE [ RNG state for recomputation ]);
-# the chain holds the autocast settings once.
+# that is empty unless the block drew random numbers (8 bytes per region that did, NOTE [ RNG
+# state for recomputation ]) and a BufferTape that is empty unless the block wrote a buffer
+# other than a normalisation layer's running statistics (NOTE [ Module buffers during
+# recomputation ]); the chain holds the autocast settings once.
 #
 # Backward runs the nodes from last to first, as autograd orders them. Node i receives
 # dL/dy_i from autograd and y_i from the node after it (through the chain's one-slot stash),
@@ -39,6 +54,14 @@ __all__ = ["ReversibleSequence"]
 # A ReversibleSequence nested in a reversible one is walked through (its forward and hooks still
 # run), so its blocks join the outer chain: nesting groups stages readably at no extra cost, and
 # only the outermost output is saved.
+#
+# Several streams (a tuple of tensors) travel as separate node inputs and outputs, flattened
+# and rebuilt around each node (base.flatten). Conditioning tensors (seq(x, *args, **kwargs))
+# are inputs of every node too: each node keeps references to them (no copies), hands the
+# recomputed F and G detached leaves of them, and returns their gradients, which autograd sums
+# over the blocks exactly as for a parameter shared by every block. In an inverse chain
+# (seq.inverse(y) under autograd) the nodes run the blocks' inverses, last block first, and
+# backward rebuilds each inverse's input with the block's forward: the same memory profile.
 #
 # The sequence's input is not saved: it is rebuilt, up to floating-point rounding that grows
 # slowly with depth (benchmarks/reconstruction_error.py measures it). Parameters changed
@@ -66,17 +89,64 @@ def _float32_stream(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Chain:
-    """What the nodes of one reversible forward share."""
+    """What the nodes of one reversible forward (or inverse) share."""
 
-    __slots__ = ("autocast", "last", "next_position", "preserve_rng_state", "stash")
+    __slots__ = ("autocast", "inverse", "last", "next_position", "preserve_rng_state", "stash")
 
-    def __init__(self, num_blocks: int, preserve_rng_state: bool) -> None:
+    def __init__(self, num_blocks: int, preserve_rng_state: bool, inverse: bool = False) -> None:
         self.autocast = capture_autocast()
+        self.inverse = inverse
         self.last = num_blocks - 1
         self.next_position = 0
         self.preserve_rng_state = preserve_rng_state
-        #: position -> (the rebuilt output of the block there, whether nothing else holds it).
-        self.stash: dict[int, tuple[torch.Tensor, bool]] = {}
+        #: position -> (the rebuilt output of the block there (its tensors), whether nothing else holds it).
+        self.stash: dict[int, tuple[list[torch.Tensor], bool]] = {}
+
+
+class _Conditioning:
+    """The extra arguments of a sequence call: tensors travel as node inputs, the rest as is."""
+
+    __slots__ = ("args", "kwargs", "tensors")
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.tensors: list[torch.Tensor] = []
+
+        def slot(v: Any) -> Any:
+            if isinstance(v, torch.Tensor):
+                self.tensors.append(v)
+                return _Slot(len(self.tensors) - 1)
+            return v
+
+        self.args = tuple(slot(a) for a in args)
+        self.kwargs = {k: slot(v) for k, v in kwargs.items()}
+
+    def build(self, tensors: Sequence[torch.Tensor]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments with ``tensors`` in the tensor slots."""
+
+        def fill(v: Any) -> Any:
+            return tensors[v.index] if isinstance(v, _Slot) else v
+
+        return tuple(fill(a) for a in self.args), {k: fill(v) for k, v in self.kwargs.items()}
+
+
+class _Slot:
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+class _Node:
+    """Everything a block's node needs that is not a tensor input."""
+
+    __slots__ = ("chain", "cond", "index", "n_x", "position", "seq", "x_spec", "y_spec")
+
+    def __init__(
+        self, chain: _Chain, seq: ReversibleSequence, index: int, position: int, x_spec: Spec, n_x: int, cond: _Conditioning
+    ) -> None:
+        self.chain, self.seq, self.index, self.position = chain, seq, index, position
+        self.x_spec, self.n_x, self.cond = x_spec, n_x, cond
+        self.y_spec: Spec = None
 
 
 def _parameter_slots(module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
@@ -170,78 +240,145 @@ def _sole_holder(y: torch.Tensor) -> bool:
 
 
 class _ReversibleBlockFunction(torch.autograd.Function):
-    """One block of a reversible chain: runs it without a graph; backward rebuilds its input."""
+    """One block of a reversible chain: runs it without a graph; backward rebuilds its input.
+
+    In an inverse chain (``seq.inverse`` under autograd) the block's ``inverse`` runs instead,
+    and backward rebuilds the inverse's input with the block's forward (``reverse_inverse``).
+    """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: torch.Tensor,
-        chain: _Chain,
-        seq: ReversibleSequence,
-        index: int,
-        position: int,
-        *params: torch.Tensor,
-    ) -> torch.Tensor:
-        block = seq.blocks[index]
-        tape = RngTape(x, enabled=chain.preserve_rng_state)
-        y = seq._call_block(index, block, x, tape)
-        ctx.chain, ctx.block, ctx.position, ctx.tape = chain, block, position, tape
+    def forward(ctx: Any, node: _Node, *tensors: torch.Tensor) -> Any:  # type: ignore[override]
+        chain, seq = node.chain, node.seq
+        n_x, n_c = node.n_x, len(node.cond.tensors)
+        x = unflatten(tensors[:n_x], node.x_spec)
+        cond = tensors[n_x : n_x + n_c]
+        params = tensors[n_x + n_c :]
+        args, kwargs = node.cond.build(cond)
+        block = seq.blocks[node.index]
+        tape = RngTape(tensors[0], enabled=chain.preserve_rng_state)
+        buffers = BufferTape()
+        with buffers.record(block):
+            y = seq._call_block(node.index, block, x, args, kwargs, tape, inverse=chain.inverse)
+        y_leaves, node.y_spec = flatten(y)
+        ctx.node, ctx.block, ctx.tape, ctx.buffers = node, block, tape, buffers
+        ctx.cond = cond
         ctx.params = params
-        ctx.versions = [p._version for p in params]
+        ctx.versions = [t._version for t in (*cond, *params)]
         ctx.slots = _parameter_slots(block)
-        ctx.is_last = position == chain.last
-        ctx.output = _SavedOutput(y) if ctx.is_last else None
-        return y
+        ctx.is_last = node.position == chain.last
+        ctx.output = [_SavedOutput(t) for t in y_leaves] if ctx.is_last else None
+        return y_leaves[0] if node.y_spec is None else tuple(y_leaves)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        chain: _Chain = ctx.chain
+    def backward(ctx: Any, *grad_leaves: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        node: _Node = ctx.node
+        chain = node.chain
         if ctx.is_last:
-            saved: _SavedOutput | None = ctx.output
+            saved: list[_SavedOutput] | None = ctx.output
             if saved is None:
                 raise RuntimeError(
                     "ReversibleSequence: backward was called a second time through the same "
                     "forward, after its saved output had been freed. Call "
                     "backward(retain_graph=True) the first time to back-propagate twice."
                 )
-            y = saved.unpack()
+            y_leaves = [s.unpack() for s in saved]
             keep = _keep_graph()
             if not keep:
                 ctx.output = saved = None
-            owned = not keep and _sole_holder(y)
+            owned = not keep and len(y_leaves) == 1 and _sole_holder(y_leaves[0])
         else:
-            y, owned = chain.stash.pop(ctx.position, (None, False))
-            if y is None:
+            y_leaves, owned = chain.stash.pop(node.position, (None, False))  # type: ignore[assignment]
+            if y_leaves is None:
                 raise RuntimeError(
-                    f"ReversibleSequence: block at position {ctx.position} received a gradient but "
+                    f"ReversibleSequence: block at position {node.position} received a gradient but "
                     "its output was not rebuilt by the block after it; the output of an inner "
                     "block of a reversible sequence cannot be used outside the sequence"
                 )
-        if any(p._version != v for p, v in zip(ctx.params, ctx.versions)):
+        if any(t._version != v for t, v in zip((*ctx.cond, *ctx.params), ctx.versions)):
             raise RuntimeError(
-                "ReversibleSequence: parameters were modified in place between forward and "
-                "backward (e.g. optimizer.step() before backward); the rebuilt activations would "
-                "be wrong. Run backward before changing the parameters."
+                "ReversibleSequence: parameters or conditioning tensors were modified in place "
+                "between forward and backward (e.g. optimizer.step() before backward); the rebuilt "
+                "activations would be wrong. Run backward before changing them."
             )
+        y = unflatten(y_leaves, node.y_spec)
+        grad_y = unflatten(grad_leaves, node.y_spec)
         block = ctx.block
-        with replay_autocast(chain.autocast), _rebound_parameters(ctx.slots), frozen_batchnorm_stats(block):
-            if isinstance(block, InvertibleModule):
-                x, grad_x, pairs = block.reverse(y, grad_y, ctx.tape, y_owned=owned)
+        cond_leaves = [leaf(c) if c.requires_grad else c for c in ctx.cond]
+        args, kwargs = node.cond.build(cond_leaves)
+        step = ReverseStep(
+            ctx.tape,
+            args,
+            kwargs,
+            [c for c, orig in zip(cond_leaves, ctx.cond) if orig.requires_grad],
+            owned,
+            f"block {node.index} ({type(block).__name__})",
+        )
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(replay_autocast(chain.autocast))
+            stack.enter_context(_rebound_parameters(ctx.slots))
+            stack.enter_context(ctx.buffers.standing_in())
+            stack.enter_context(ctx.tape.replaying())
+            if getattr(block, "records_rng", False):
+                stack.enter_context(_tape_on(block, ctx.tape))
+            if chain.inverse:
+                method = block.reverse_inverse if isinstance(block, InvertibleModule) else None
+                x, grad_x, pairs = (
+                    method(y, grad_y, step) if method else reverse_inverse_by_recompute(block, y, grad_y, step)
+                )
             else:
-                x, grad_x, pairs = reverse_by_recompute(block, y, grad_y, ctx.tape)
-        if ctx.needs_input_grad[0] and ctx.position > 0:  # the chain's first input is nobody's output
+                method = block.reverse if isinstance(block, InvertibleModule) else None
+                x, grad_x, pairs = method(y, grad_y, step) if method else reverse_by_recompute(block, y, grad_y, step)
+        x_leaves = flatten(x)[0]
+        if any(ctx.needs_input_grad[1 : 1 + node.n_x]) and node.position > 0:  # the chain's first input is nobody's output
             # x may be a view of y (ChannelZeroPad's inverse is a slice): then it is ours to
             # overwrite only if y was.
-            shares = x.untyped_storage()._cdata == y.untyped_storage()._cdata
-            chain.stash[ctx.position - 1] = (x.detach(), owned or not shares)
-        del y
+            shares = len(x_leaves) == 1 and x_leaves[0].untyped_storage()._cdata == y_leaves[0].untyped_storage()._cdata
+            chain.stash[node.position - 1] = ([t.detach() for t in x_leaves], owned or not shares)
+        del y, y_leaves
         grads: dict[int, torch.Tensor] = {}
-        for p, g in pairs:
+        for t, g in pairs:
             if g is not None:
-                grads[id(p)] = g if id(p) not in grads else grads[id(p)] + g
+                grads[id(t)] = g if id(t) not in grads else grads[id(t)] + g
+        cond_grads = [grads.get(id(c)) if orig.requires_grad else None for c, orig in zip(cond_leaves, ctx.cond)]
         param_grads = [grads.get(id(p)) for p in ctx.params]
-        return (grad_x if ctx.needs_input_grad[0] else None, None, None, None, None, *param_grads)
+        grad_x_leaves = flatten(grad_x)[0] if grad_x is not None else [None] * node.n_x
+        grad_x_leaves = [g if need else None for g, need in zip(grad_x_leaves, ctx.needs_input_grad[1 : 1 + node.n_x])]
+        return (None, *grad_x_leaves, *cond_grads, *param_grads)
+
+
+@contextlib.contextmanager
+def _tape_on(block: nn.Module, tape: RngTape) -> Iterator[None]:
+    """The block's own RNG regions record on (or replay from) ``tape`` within."""
+    block._memprof_tape = tape  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        block._memprof_tape = NULL_TAPE  # type: ignore[assignment]
+
+
+# NOTE [ The outermost flag governs ]
+# A ReversibleSequence nested in another one follows the outermost sequence: inside a
+# reversible one its blocks join the outer chain (whatever the inner flag says), and inside one
+# with reversible=False it runs under ordinary autograd too, so that `outer.reversible = False`
+# gives the whole plain twin. The second is carried by a thread-local depth counter while an
+# outer sequence runs its blocks plainly, so it reaches sequences nested at any depth, even
+# inside other modules.
+
+_plain = threading.local()
+
+
+@contextlib.contextmanager
+def _running_plainly() -> Iterator[None]:
+    _plain.depth = getattr(_plain, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _plain.depth -= 1
+
+
+def _inside_plain_sequence() -> bool:
+    return getattr(_plain, "depth", 0) > 0
 
 
 class ReversibleSequence(InvertibleModule):
@@ -250,15 +387,22 @@ class ReversibleSequence(InvertibleModule):
     With ``reversible=True`` (and grad enabled) the forward keeps no per-block activations;
     backward rebuilds each block's input from its output and back-propagates block by block
     (Gomez et al. 2017, Algorithm 1), so the memory autograd holds does not grow with depth.
-    With ``reversible=False`` the same modules run under ordinary autograd: the baseline to
-    compare against. The flag can be toggled at any time; the state dict is the same in both
-    modes. Under ``torch.no_grad()`` both modes run a plain forward at no extra cost. A
+    :meth:`inverse` under autograd does the same in the other direction. With
+    ``reversible=False`` the same modules run under ordinary autograd: the baseline to compare
+    against. The flag can be toggled at any time; the state dict is the same in both modes.
+    Under ``torch.no_grad()`` both modes run a plain forward at no extra cost. A
     ReversibleSequence is itself invertible and may be nested in another one; the outermost
-    one's ``reversible`` flag then governs the nested blocks.
+    one's ``reversible`` flag then governs the nested blocks (NOTE [ The outermost flag governs ]).
+
+    The input is a tensor or a tuple of tensors (several streams; each block maps the tuple to a
+    tuple). Extra arguments, ``seq(x, *args, **kwargs)``, are conditioning: they are passed to
+    every block and by couplings to every F and G, and tensors among them get gradients exactly
+    as in the plain twin.
 
     Args:
         blocks: invertible modules, each with ``forward`` and ``inverse`` (for instance
-            :class:`AdditiveCoupling`, :class:`InvertibleDownsample`, :class:`ChannelZeroPad`).
+            :class:`AdditiveCoupling`, :class:`AffineCoupling`, :class:`InvertibleDownsample`,
+            :class:`ChannelZeroPad`).
         reversible: rebuild activations in backward (True) or store them (False).
         preserve_rng_state: record the RNG state of blocks that draw random numbers so that their
             recomputation draws the same ones (costs memory only for such blocks).
@@ -294,60 +438,90 @@ class ReversibleSequence(InvertibleModule):
         """Blocks in the chain this sequence starts, nested sequences walked through."""
         return sum(b._num_leaves() if isinstance(b, ReversibleSequence) else 1 for b in self.blocks)
 
-    def _call_block(self, i: int, block: nn.Module, x: torch.Tensor, tape: RngTape = NULL_TAPE) -> torch.Tensor:
-        """Run block i, recording its RNG use on ``tape``; shape errors name the block index."""
+    def _call_block(
+        self,
+        i: int,
+        block: nn.Module,
+        x: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        tape: RngTape = NULL_TAPE,
+        inverse: bool = False,
+    ) -> Any:
+        """Run block i (or its inverse), recording its RNG use on ``tape``; errors name the block."""
+        fn = block.inverse if inverse else block
+        kwargs = kwargs or {}
         try:
             if getattr(block, "records_rng", False):
-                block._memprof_tape = tape  # type: ignore[assignment]
-                try:
-                    return block(x)
-                finally:
-                    block._memprof_tape = NULL_TAPE  # type: ignore[assignment]
-            with tape.record("block"):
-                return block(x)
+                with _tape_on(block, tape):
+                    return fn(x, *args, **kwargs)
+            with tape.region("block"):
+                return fn(x, *args, **kwargs)
         except ValueError as exc:
             raise ValueError(
                 f"block {i} ({type(block).__name__}) of the ReversibleSequence rejected its input "
-                f"of shape {tuple(x.shape)}: {exc}"
+                f"of shape {describe(x)}: {exc}"
             ) from exc
 
-    def _forward_chain(self, x: torch.Tensor, chain: _Chain) -> torch.Tensor:
+    def _run_chain(self, x: Any, chain: _Chain, cond: _Conditioning, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run every block as a node of ``chain``; nested sequences are walked through."""
-        for i, block in enumerate(self.blocks):
+        order = reversed(list(enumerate(self.blocks))) if chain.inverse else enumerate(self.blocks)
+        for i, block in order:
             if isinstance(block, ReversibleSequence):
                 block._memprof_chain = chain
                 try:
-                    x = block(x)
+                    x = block.inverse(x, *args, **kwargs) if chain.inverse else block(x, *args, **kwargs)
                 finally:
                     block._memprof_chain = None
                 continue
             position = chain.next_position
             chain.next_position += 1
-            x = _ReversibleBlockFunction.apply(x, chain, self, i, position, *grad_params(block))
+            leaves, spec = flatten(x)
+            node = _Node(chain, self, i, position, spec, len(leaves), cond)
+            out = _ReversibleBlockFunction.apply(node, *leaves, *cond.tensors, *grad_params(block))
+            x = unflatten([out] if node.y_spec is None else list(out), node.y_spec)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"ReversibleSequence takes one tensor, got {type(x).__name__}")
+    def _run(self, x: Any, args: tuple[Any, ...], kwargs: dict[str, Any], inverse: bool) -> Any:
         if self._memprof_chain is not None:  # nested in a reversible sequence's forward
-            return self._forward_chain(x, self._memprof_chain)
-        x = _float32_stream(x)
+            return self._run_chain(x, self._memprof_chain, _Conditioning(args, kwargs), args, kwargs)
+        leaves, spec = flatten(x)
+        x = unflatten([_float32_stream(t) for t in leaves], spec)
+        cond = _Conditioning(args, kwargs)
+        needs_grad = any(t.requires_grad for t in (*leaves, *cond.tensors)) or any(p.requires_grad for p in self.parameters())
         if (
             not self.reversible
+            or _inside_plain_sequence()
             or not torch.is_grad_enabled()
-            or not (x.requires_grad or grad_params(self))
+            or not needs_grad
             or len(self.blocks) == 0
         ):
-            for i, block in enumerate(self.blocks):
-                x = self._call_block(i, block, x)
+            order = reversed(list(enumerate(self.blocks))) if inverse else enumerate(self.blocks)
+            like = leaves[0]
+            with _running_plainly() if not self.reversible else contextlib.nullcontext():
+                for i, block in order:
+                    # the same RNG regions as the reversible mode (NOTE [ RNG state for recomputation ])
+                    tape = RngTape(like, enabled=self.preserve_rng_state)
+                    x = self._call_block(i, block, x, args, kwargs, tape, inverse=inverse)
             return x
-        return self._forward_chain(x, _Chain(self._num_leaves(), self.preserve_rng_state))
+        chain = _Chain(self._num_leaves(), self.preserve_rng_state, inverse=inverse)
+        return self._run_chain(x, chain, cond, args, kwargs)
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """Run the blocks' inverses from last to first."""
-        for block in reversed(self.blocks):
-            y = block.inverse(y)  # type: ignore[operator]
-        return y
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the blocks; ``args`` and ``kwargs`` (conditioning) are passed to every block."""
+        if not isinstance(x, (torch.Tensor, tuple, list)):
+            raise TypeError(f"ReversibleSequence takes a tensor or a tuple of tensors, got {type(x).__name__}")
+        return self._run(x, args, kwargs, inverse=False)
+
+    def inverse(self, y: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run the blocks' inverses from last to first; under autograd, reversibly.
+
+        With ``reversible=True`` and grad enabled only the result is kept for backward, as for
+        the forward direction: backward rebuilds each inverse's input with the block's forward.
+        """
+        if not isinstance(y, (torch.Tensor, tuple, list)):
+            raise TypeError(f"ReversibleSequence.inverse takes a tensor or a tuple of tensors, got {type(y).__name__}")
+        return self._run(y, args, kwargs, inverse=True)
 
     def extra_repr(self) -> str:
         return f"reversible={self.reversible}"

@@ -34,16 +34,11 @@ def load_checkpoint(path: str | Path, model: str | None = None, num_classes: int
         The checkpoint dictionary (loaded with ``weights_only=True``).
 
     Raises:
-        UsageError: when the file is missing, unreadable, not a memprof training checkpoint, or
-            written for a different model or number of classes.
+        UsageError: when the file is a directory, missing, unreadable, truncated or corrupted,
+            not a memprof training checkpoint, or written for a different model or number of classes.
     """
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"resume file {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise UsageError(f"resume file {p} is not a memprof training checkpoint ({type(exc).__name__})") from None
+    ckpt = _read_checkpoint_file(p)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"resume file {p} is not a memprof training checkpoint (expected format {CHECKPOINT_FORMAT})")
     if model is not None and ckpt.get("model_name") != model:
@@ -54,6 +49,41 @@ def load_checkpoint(path: str | Path, model: str | None = None, num_classes: int
     if num_classes is not None and ckpt.get("num_classes") != num_classes:
         raise UsageError(f"resume file {p} has {ckpt.get('num_classes')} classes, not {num_classes}")
     return ckpt
+
+
+def _read_checkpoint_file(p: Path) -> Any:
+    """``torch.load`` of a resume file, with what is wrong with it said plainly.
+
+    ``torch.save`` writes a zip archive: a file that does not start like one was not written by
+    it; one that starts like one but has no end (the zip directory comes last) was cut short.
+
+    Raises:
+        UsageError: for a directory, a missing file, a file torch.save did not write, or a
+            truncated or corrupted one.
+    """
+    import zipfile
+
+    if p.is_dir():
+        found = sorted(p.glob("**/epoch*.pt"))
+        hint = f"; the newest checkpoint in it is {found[-1]}" if found else ""
+        raise UsageError(f"resume file {p} is a directory, not a checkpoint file{hint}")
+    if not p.exists():
+        raise UsageError(f"resume file {p} does not exist")
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise UsageError(f"resume file {p} cannot be read: {exc.strerror or exc}") from None
+    if head[:2] != b"PK":
+        raise UsageError(f"resume file {p} is not a memprof training checkpoint (not a file written by torch.save)")
+    if not zipfile.is_zipfile(p):
+        raise UsageError(f"resume file {p} is truncated or corrupted ({p.stat().st_size:,} bytes, the archive has "
+                         "no end): the run that wrote it was cut short; use an earlier checkpoint")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged archive or foreign pickled objects
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"resume file {p} is corrupted or holds objects a checkpoint does not: {first}") from None
 
 
 def capture_rng() -> dict[str, Any]:

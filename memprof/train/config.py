@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..validation import UsageError, check_choice, check_positive_int
+from ..validation import UsageError, check_choice, check_output_dir, check_positive_int
 from .checkpoint import load_checkpoint
 from .data import check_data_dir
 from .distributed import DistEnv, detect_dist_env
@@ -56,6 +56,8 @@ class TrainConfig:
         reversible: run the model's reversible sequences reversibly (False: plain autograd).
         checkpoint_every: save every N epochs (0: only at the end); the last epoch always saves.
         resume: a checkpoint written by this function to continue from.
+        allow_config_change: resume even when a setting that shapes the run (:data:`RUN_SHAPING`)
+            differs from the checkpoint's, with a warning; refused otherwise.
         out_dir: where the log, checkpoints and report go.
         limit_batches: stop each epoch's training and evaluation after N batches (quick runs).
         num_workers: DataLoader worker processes.
@@ -87,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     num_classes: int = 10
+    allow_config_change: bool = False
 
 
 def _check_float(name: str, value: Any, *, low: float, low_open: bool, high: float | None = None,
@@ -172,5 +175,30 @@ def check_train_config(
     out = Path(c.out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
+    if env.is_main:
+        check_output_dir(out)  # before any work: a run must not train an epoch and then fail to write
     ckpt = load_checkpoint(c.resume, c.model, c.num_classes) if c.resume is not None else None
+    if ckpt is not None:
+        _check_resume_config(c, ckpt)
     return c, ckpt
+
+
+#: Settings that shape a run: resuming with another value is no exact continuation.
+RUN_SHAPING = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "gamma", "amp", "reversible", "seed",
+               "synthetic", "synthetic_size", "limit_batches", "num_classes")
+
+
+def _check_resume_config(c: TrainConfig, ckpt: dict[str, Any]) -> None:
+    """Refuse (or, with ``allow_config_change``, loudly allow) a resume whose settings differ."""
+    saved = ckpt.get("config") or {}
+    changed = [f"{k.replace('_', ' ')} {saved[k]!r} -> {getattr(c, k)!r}" for k in RUN_SHAPING
+               if k in saved and saved[k] != getattr(c, k)]
+    if not changed:
+        return
+    if not c.allow_config_change:
+        raise UsageError(f"resume file {c.resume} was written with other settings ({'; '.join(changed)}): an exact "
+                         "resume needs the same ones; pass them again, or --allow-config-change to continue anyway")
+    import warnings
+
+    warnings.warn(f"resuming {c.resume} with changed settings ({'; '.join(changed)}): the run is no exact "
+                  "continuation of the interrupted one", stacklevel=3)

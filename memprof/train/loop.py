@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..errors import is_out_of_memory, out_of_memory
 from ..reports.files import atomic_write_text, provenance
 from ..units import format_bytes
 from ..validation import UsageError
@@ -106,7 +107,7 @@ class TrainResult:
             the case: every rank receives the gathered predictions).
         model: the trained model (unwrapped from DDP).
         out_dir: the output directory.
-        log_path: the per-epoch CSV.
+        log_path: the per-epoch CSV (None when a resumed run had no epoch left and none existed).
         checkpoints: checkpoint files written by this call (rank 0 only).
         report_paths: report files written (rank 0 only).
     """
@@ -115,7 +116,7 @@ class TrainResult:
     report: ClassificationReport
     model: nn.Module
     out_dir: Path
-    log_path: Path
+    log_path: Path | None
     checkpoints: list[Path]
     report_paths: list[Path]
 
@@ -376,6 +377,27 @@ def _train(
     last_eval: tuple[torch.Tensor, torch.Tensor] | None = None
     if main and run.start_epoch >= c.epochs:
         run.log(f"checkpoint {c.resume} has {run.start_epoch} epochs already (--epochs {c.epochs}): evaluating only")
+    try:
+        last_eval = _run_epochs(run, c, env, device, out_dir, log_path, rows, history, checkpoints, criterion)
+        if last_eval is None:  # nothing left to train: evaluate the resumed model
+            targets, preds, _ = _evaluate_all(run)
+            last_eval = (targets, preds)
+    except (RuntimeError, MemoryError) as exc:  # NOTE [ Out of memory is a result ] (memprof.errors)
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(exc, c.batch_size, device) from None
+    report, report_paths = _final_report(run, last_eval, command)
+    barrier()
+    written_log = log_path if log_path.is_file() else None  # a resumed run with no epoch left writes none
+    return TrainResult(history, report, run.model, out_dir, written_log, checkpoints, report_paths)
+
+
+def _run_epochs(run: _Run, c: TrainConfig, env: DistEnv, device: torch.device, out_dir: Path, log_path: Path,
+                rows: list[dict[str, Any]], history: list[EpochRecord], checkpoints: list[Path],
+                criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Train and evaluate the epochs left; returns the last evaluation (None when none was left)."""
+    main = env.is_main
+    last_eval: tuple[torch.Tensor, torch.Tensor] | None = None
     for epoch in range(run.start_epoch, c.epochs):
         run.train_sampler.set_epoch(epoch)
         run.ddp_model.train()
@@ -395,12 +417,7 @@ def _train(
             path = _checkpoint(out_dir, done, c, run.model, run.optimizer, run.scheduler, run.scaler, env)
             if path is not None:
                 checkpoints.append(path)
-    if last_eval is None:  # nothing left to train: evaluate the resumed model
-        targets, preds, _ = _evaluate_all(run)
-        last_eval = (targets, preds)
-    report, report_paths = _final_report(run, last_eval, command)
-    barrier()
-    return TrainResult(history, report, run.model, out_dir, log_path, checkpoints, report_paths)
+    return last_eval
 
 
 def _final_report(run: _Run, last_eval: tuple[torch.Tensor, torch.Tensor], command: str | None

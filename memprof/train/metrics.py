@@ -222,17 +222,17 @@ class ClassificationReport(Result):
 
         Args:
             out_dir: the report directory (created if missing).
-            header: a first line for the text and CSV files (e.g. the provenance).
+            header: a first line for the text file and a ``provenance`` key in the JSON (the CSV
+                stays plain, so that ``pandas.read_csv`` reads its header).
 
         Returns:
             The paths written.
         """
         out = Path(out_dir)
         lead = f"{header}\n\n" if header else ""
-        csv_lead = "".join(f"# {line}\n" for line in header.splitlines()) if header else ""
-        paths = [
+        paths = [  # the CSV stays plain CSV: its provenance is in the .txt and .json beside it
             atomic_write_text(out / "classification_report.txt", lead + self.to_text()),
-            atomic_write_text(out / "classification_report.csv", csv_lead + self.to_csv()),
+            atomic_write_text(out / "classification_report.csv", self.to_csv()),
             atomic_write_text(out / "classification_report.json", json.dumps(
                 {"provenance": header, **json.loads(self.to_json())}, indent=2) + "\n"),
         ]
