@@ -174,8 +174,7 @@ def _modelled_cuda_peak(record: StepRecord, step_start: int, phases: dict[str, l
 
 
 def _estimated_cpu_peak(record: StepRecord, total: np.ndarray, step_start: int, attributed_peak: int,
-                        attributed_idx: int, phases: dict[str, list[tuple[int, int]]],
-                        phase_rows: dict[str, Any]) -> _Peak:
+                        attributed_idx: int, phases: dict[str, list[tuple[int, int]]], phase_rows: dict[str, Any]) -> _Peak:
     """A CPU estimate: tensor-owned bytes, and inside each op with a rule its kernel's scratch.
 
     NOTE [ What an estimate adds to the fake step ] (memprof.recording.estimate): the peak is the
@@ -196,8 +195,8 @@ def _estimated_cpu_peak(record: StepRecord, total: np.ndarray, step_start: int, 
         out.notes.append(f"the estimated peak falls inside {where.op.replace('.default', '')} (kernel scratch "
                          f"{where.scratch / 2**20:.2f} MiB: memprof.recording.workspace)")
     for ph, row in phase_rows.items():
-        scratch = max(kernels.peak_inside_ops(total, s, e)[0] for s, e in phases[ph])
-        row["peak_bytes"] = max(row["attributed_peak_bytes"] or 0, scratch)
+        inside_phase = max((kernels.peak_inside_ops(total, s, e)[0] for s, e in phases[ph]), default=0)
+        row["peak_bytes"] = max(row["attributed_peak_bytes"] or 0, inside_phase)
     out.notes += kernels.notes()
     return out
 

@@ -48,7 +48,6 @@ class StepArgs:
     inputs: Any = None
     optimizer_settings: tuple[tuple[str, Any], ...] = ()
     recipe: StepRecipe = StepRecipe()
-    #: a CUDA estimate models ``expandable_segments:True``
     expandable_segments: bool = False
 
     def spec(self, batch_size: int | None = None) -> StepSpec:
@@ -191,8 +190,8 @@ def fit_batch_size(
     max_batch_size: int = BATCH_SIZE_LIMIT,
     expandable_segments: bool = False,
     **step: Any,
-) -> tuple[int, StepProfile | None]:
-    """The largest batch size whose estimated step peak fits ``memory`` bytes.
+) -> tuple[int, StepProfile]:
+    """The largest batch size whose estimated step fits ``memory`` bytes.
 
     Every probe is an estimate (FakeTensorMode: no memory); the search is
     :func:`memprof.aggregation.fit.search_batch_size` (NOTE [ Fitting the batch size ]).
@@ -215,10 +214,11 @@ def fit_batch_size(
     ``max_memory_reserved``.
 
     Returns:
-        ``(batch_size, profile at that size)``; ``(0, None)`` when not even the smallest batch fits.
+        ``(batch_size, profile at that size)``.
 
     Raises:
-        UsageError: for a bad argument, or a model that rejects every batch size tried.
+        UsageError: for a bad argument, a model that rejects every batch size tried, or a budget
+            below what the smallest batch needs ("even batch 1 needs ...").
     """
     found = fit_batch(model, memory, input_shape, optimizer=optimizer, dtype=dtype, device=device, name=name,
                       max_batch_size=max_batch_size, expandable_segments=expandable_segments, **step)
@@ -248,11 +248,13 @@ def fit_batch(
     rejects batch 1 in training mode), says so, and says when it stopped at ``max_batch_size``.
 
     Raises:
-        UsageError: for a bad argument, or a model that rejects every batch size of ``_FIRST_BATCHES``.
+        UsageError: for a bad argument, a model that rejects every batch size of ``_FIRST_BATCHES``,
+            or a budget below what the smallest accepted batch needs.
     """
     memory = check_positive_int("memory budget (bytes)", memory)
-    base = replace(check_step_args(1, input_shape, optimizer, dtype, device, True, **step),
-                   expandable_segments=expandable_segments)
+    base = check_step_args(1, input_shape, optimizer, dtype, device, True, **step)
+    if expandable_segments:
+        base = replace(base, expandable_segments=True)
     max_batch_size = check_positive_int("max batch size", max_batch_size)
     probes: dict[int, StepProfile] = {}
     label = name or type(model).__name__
@@ -277,7 +279,12 @@ def fit_batch(
     if not start:
         raise first_error or UsageError(f"no batch size up to {max_batch_size} to try")
     batch = search_batch_size(peak, memory, max_batch_size, start=start)
+    if batch == 0:
+        what, need = fitted_figure(probes[start])
+        why = f" (the model rejects smaller ones: {rejected})" if start > 1 else ""
+        raise UsageError(f"even batch {start} needs {format_bytes(need)} ({what}), more than the budget "
+                         f"{format_bytes(memory)} ({memory} bytes){why}")
     return BatchFit(label, memory, str(base.device), dtype_name(base.dtype), _optimizer_label(base.optimizer), batch,
-                    probes.get(batch) if batch else None, smallest_batch_size=start,
-                    smallest_peak_bytes=fitted_figure(probes[start])[1], rejected=rejected if start > 1 else "",
+                    probes[batch], smallest_batch_size=start,
+                    smallest_peak_bytes=probes[start].peak_bytes, rejected=rejected if start > 1 else "",
                     max_batch_size=max_batch_size, capped=batch == max_batch_size)

@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "batch size whose step fits --memory. On the CPU the figure fitted is the estimated "
         "allocator peak (tensors and kernel scratch); with --device cuda it is the predicted "
         "max_memory_reserved of the caching-allocator model (not yet checked on a GPU; the CUDA "
-        "context and cuDNN workspaces are not modelled: leave headroom for them).",
+        "context and cuDNN workspaces are not modelled: leave headroom for them). The search starts "
+        "at the smallest batch the model accepts; a budget below what it needs is an error (exit 2).",
     )
     p.add_argument("model", help=model_help())
     add_step_options(p)
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..validation import UsageError, check_format, parse_memory
+    from ..validation import check_format, parse_memory
 
     fmt = check_format(args.format, FORMATS)  # checks that need no torch first (NOTE [ Starting without torch ])
     budget = parse_memory(args.memory)
@@ -52,7 +53,5 @@ def run(args: argparse.Namespace) -> int:
     model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None)
     found = fit_batch(build_model(model), budget, shape, dtype=args.dtype, device=args.device, name=name,
                       expandable_segments=args.expandable_segments, **step)
-    if found.profile is None:  # the budget is below the smallest batch: an answer the caller cannot use
-        raise UsageError(found.nothing_fits().split(": ", 1)[1])
     print(found.render(fmt), end="")
     return 0

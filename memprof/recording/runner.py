@@ -187,8 +187,6 @@ class StepRecord:
     input_shape: tuple[int, ...] = ()
     #: what the loss was taken of: ``{"output": ..., "function": ...}`` (NOTE [ Which output the loss is taken of ])
     loss_choice: dict[str, str] = field(default_factory=dict)
-    #: in an estimate, what the target device's kernels add (recording.estimate.DeviceKernels:
-    #: real-sized workspaces, scratch, what is not modelled)
     kernels: Any = None
     #: the CUDA model ran with ``expandable_segments:True``
     expandable_segments: bool = False

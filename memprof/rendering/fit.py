@@ -58,6 +58,13 @@ class BatchFit(Result):
             "rejected": self.rejected or None, "max_batch_size": self.max_batch_size, "capped": self.capped,
         }
 
+    def nothing_fits(self) -> str:
+        """The sentence for a budget below the smallest batch, with what that batch needs."""
+        need = "" if self.smallest_peak_bytes is None else f": batch size {self.smallest_batch_size} needs " \
+            f"{format_bytes(self.smallest_peak_bytes)} (estimated)"
+        return (f"{self.model}: not even batch size {self.smallest_batch_size} fits in "
+                f"{format_bytes(self.memory_bytes)} ({self.memory_bytes} bytes){need}")
+
     def _fitted(self) -> tuple[str | None, int | None]:
         """The figure held to the budget (memprof.aggregation.fit.fitted_figure), None without a profile."""
         if self.profile is None:
@@ -65,14 +72,6 @@ class BatchFit(Result):
         from ..aggregation.fit import fitted_figure
 
         return fitted_figure(self.profile)
-
-    def nothing_fits(self) -> str:
-        """The sentence for a budget below the smallest batch, with what that batch needs."""
-        need = "" if self.smallest_peak_bytes is None else f": batch size {self.smallest_batch_size} needs " \
-            f"{format_bytes(self.smallest_peak_bytes)} (" + \
-            ("predicted max_memory_reserved" if self.device.startswith("cuda") else "estimated allocator peak") + ")"
-        return (f"{self.model}: not even batch size {self.smallest_batch_size} fits in "
-                f"{format_bytes(self.memory_bytes)} ({self.memory_bytes} bytes){need}")
 
     def to_json(self) -> str:
         """:meth:`to_dict` as indented JSON (ending with a newline)."""
@@ -100,13 +99,13 @@ class BatchFit(Result):
             lines = [
                 f"{self.model}: batch size {self.batch_size} fits in {budget} on {self.device}, "
                 f"{self.dtype}, {self.optimizer}",
-                f"fitted figure: {figure} at batch {self.batch_size}: {format_bytes(fitted)}; unused budget "
-                f"{format_bytes(unused)} ({100 * unused / self.memory_bytes:.2f}%)",
+                f"fitted figure: {figure} at batch {self.batch_size}: {format_bytes(fitted, 'MiB')}; unused budget "
+                f"{format_bytes(unused, 'MiB')} ({100 * unused / self.memory_bytes:.2f}%)",
             ]
             if p.reserved_peak_bytes is not None:
-                lines.append(f"predicted max_memory_allocated {format_bytes(p.peak_bytes)}, "
-                             f"max_memory_reserved {format_bytes(p.reserved_peak_bytes)}")
-            lines += [f"activation peak {format_bytes(p.activation_peak_bytes)}", *(f"note: {n}" for n in p.notes)]
+                lines.append(f"predicted max_memory_allocated {format_bytes(p.peak_bytes, 'MiB')}, "
+                             f"max_memory_reserved {format_bytes(p.reserved_peak_bytes, 'MiB')}")
+            lines += [f"activation peak {format_bytes(p.activation_peak_bytes, 'MiB')}", *(f"note: {n}" for n in p.notes)]
         if self.rejected:
             below = "1" if self.smallest_batch_size == 2 else f"1 to {self.smallest_batch_size - 1}"
             lines.append(f"note: the model rejects batch size {below} ({self.rejected}); the search started at "
