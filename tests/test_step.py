@@ -13,6 +13,7 @@ from torch import nn
 
 from memprof.api.step import fit_batch_size, profile_step
 from memprof.cli import main
+from memprof.errors import UsageError
 from memprof.recording.allocations import CpuAllocatorTracker
 from memprof.recording.attribution import StorageTracker
 from memprof.recording.runner import make_optimizer, measure_step, run_step, targets_for, warm_up
@@ -196,7 +197,8 @@ def test_fit_finds_the_boundary():
     batch, prof = fit_batch_size(model, budget, (3, 8, 8))
     assert batch >= 37 and prof.peak_bytes <= budget
     assert profile_step(model, batch + 1, (3, 8, 8), estimate=True).peak_bytes > budget
-    assert fit_batch_size(model, 1000, (3, 8, 8)) == (0, None)
+    with pytest.raises(UsageError, match="even batch 1 needs"):
+        fit_batch_size(model, 1000, (3, 8, 8))
 
 
 def test_cli_profile_json_keys(capsys):

@@ -2,8 +2,8 @@
 
 :func:`build_profile` reads a :class:`~memprof.recording.runner.StepRecord` (the trackers after
 the step) and returns a :class:`StepProfileData`: plain numbers, no rendering. ``peak_bytes``
-is allocator truth when measured, the tensor-owned estimate when estimated (or the CUDA
-caching-allocator model's figure for a CUDA estimate).
+is allocator truth when measured; when estimated, the tensor-owned bytes plus the kernel scratch
+of memprof.recording.workspace (or the CUDA caching-allocator model's figure for a CUDA estimate).
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def _estimated_cpu_peak(record: StepRecord, total: np.ndarray, step_start: int, 
     """
     out = _Peak(attributed_peak, attributed_idx)
     kernels = record.kernels
-    for row in phase_rows.values():
+    for ph, row in phase_rows.items():
         row["peak_bytes"] = row["attributed_peak_bytes"]
     if kernels is None:
         out.notes.append("estimate of tensor-owned bytes; memory no tensor owns (kernel workspaces) is not included")

@@ -22,6 +22,7 @@ from ..recording.runner import StepSpec, record_step
 from ..recording.user_step import InputSpec, StepRecipe, input_tensors
 from ..rendering.fit import BatchFit
 from ..rendering.step import StepProfile
+from ..units import format_bytes
 from ..validation import (
     BATCH_SIZE_LIMIT,
     UsageError,
@@ -163,6 +164,7 @@ def profile_step(
         estimate: run under FakeTensorMode instead of allocating.
         name: the model name shown (default: the class name).
         seed: seeds the input batch and targets.
+        expandable_segments: a CUDA estimate models ``expandable_segments:True``.
 
     Returns:
         The :class:`~memprof.rendering.step.StepProfile`.
@@ -194,7 +196,10 @@ def fit_batch_size(
     """The largest batch size whose estimated step fits ``memory`` bytes.
 
     Every probe is an estimate (FakeTensorMode: no memory); the search is
-    :func:`memprof.aggregation.fit.search_batch_size` (NOTE [ Fitting the batch size ]).
+    :func:`memprof.aggregation.fit.search_batch_size` (NOTE [ Fitting the batch size ]). The
+    figure held to the budget (:func:`memprof.aggregation.fit.fitted_figure`): on the CPU the
+    estimated allocator peak (tensors and kernel scratch), on CUDA the predicted
+    ``max_memory_reserved``.
 
     Args:
         model: the model.
@@ -208,10 +213,6 @@ def fit_batch_size(
         expandable_segments: on CUDA, model ``expandable_segments:True``.
         step: further arguments of :func:`profile_step` (``inputs``, ``loss_fn``,
             ``optimizer_settings``, ``autocast``, ``accumulation_steps``).
-
-    The figure held to the budget is :func:`memprof.aggregation.fit.fitted_figure`'s: on the
-    CPU the estimated allocator peak (tensors and kernel scratch), on CUDA the predicted
-    ``max_memory_reserved``.
 
     Returns:
         ``(batch_size, profile at that size)``.

@@ -173,6 +173,10 @@ class StepRecord:
         cuda_model: for a CUDA estimate, ``(allocated, reserved)`` bytes after every event of the
             storage stream replayed through the caching-allocator model.
         cuda_not_modelled: what that model leaves out (said with every CUDA estimate).
+        kernels: in an estimate, what the target device's kernels add
+            (:class:`~memprof.recording.estimate.DeviceKernels`: workspaces, scratch, what is
+            not modelled).
+        expandable_segments: the CUDA model ran with ``expandable_segments:True``.
     """
 
     loss: torch.Tensor
@@ -188,7 +192,6 @@ class StepRecord:
     #: what the loss was taken of: ``{"output": ..., "function": ...}`` (NOTE [ Which output the loss is taken of ])
     loss_choice: dict[str, str] = field(default_factory=dict)
     kernels: Any = None
-    #: the CUDA model ran with ``expandable_segments:True``
     expandable_segments: bool = False
 
 

@@ -66,7 +66,7 @@ class BatchFit(Result):
                 f"{format_bytes(self.memory_bytes)} ({self.memory_bytes} bytes){need}")
 
     def _fitted(self) -> tuple[str | None, int | None]:
-        """The figure held to the budget (memprof.aggregation.fit.fitted_figure), None without a profile."""
+        """The figure held to the budget (memprof.aggregation.fit.fitted_figure)."""
         if self.profile is None:
             return None, None
         from ..aggregation.fit import fitted_figure
