@@ -20,7 +20,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -428,9 +428,11 @@ def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, devi
     mode = FakeTensorMode()
     work = make_fake_model(model, mode, trace_dev, dtype)
     work.train()
-    real = make_batch(spec, torch.device("cpu"), dtype, seed)  # small: one batch of example values
+    # One sample of real values (an estimate allocates nothing of the batch's size: fit probes
+    # batches of thousands), made fake and repeated to the batch size inside the fake mode.
+    real = make_batch(replace(spec, batch_size=1), torch.device("cpu"), dtype, seed)
     with mode, _quiet_fake_tensor_log():
-        x = _fake_inputs(real, mode, trace_dev)
+        x = resize_batch(_fake_inputs(real, mode, trace_dev), spec.batch_size)
         opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
         with DeviceKernels(device.type, trace_dev.type):  # the warm-up holds real-sized workspaces too
             targets = warm_up(work, opt, x, targets_for(spec.batch_size, trace_dev, seed), spec.recipe)
