@@ -158,14 +158,9 @@ CASES = {"resnet50": resnet50, "vit": vit, "efficientnet_b0": efficientnet_b0, "
          "bert": bert, "lstm_lm": lstm_lm, "custom_function": custom_function, "reversible": reversible}
 
 
-# On the CPU a real LSTM runs oneDNN's RNN kernels (aten::mkldnn_rnn_layer, which save their own
-# workspace), a fake one the native kernels: the estimate misses 380 KiB of this small model.
-# Left to the estimate's owner (issue 13); strict, so the day it matches this fails and is removed.
-_KNOWN_MISMATCH = {"lstm_lm": "estimate traces native LSTM kernels, measurement runs oneDNN's mkldnn_rnn_layer"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_KNOWN_MISMATCH[n]))
-                                  if n in _KNOWN_MISMATCH else n for n in CASES])
+# The LSTM case holds because the estimate gives oneDNN's RNN layer its real workspace
+# (DeviceKernels in memprof.recording.estimate): without it the estimate missed 380 KiB here.
+@pytest.mark.parametrize("name", list(CASES))
 def test_estimate_equals_measurement_in_tensor_owned_bytes(name):
     torch.manual_seed(0)
     kwargs = CASES[name]()
