@@ -9,6 +9,7 @@ import sys
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..models import list_models
+    from ..train.data import DATASETS
     from ..train.loop import DEVICES, AmpMode, TrainConfig
 
     d = TrainConfig()
@@ -34,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-step", type=int, default=d.lr_step,
                    help=f"epochs between learning-rate decays (default: {d.lr_step})")
     p.add_argument("--gamma", type=float, default=d.gamma, help=f"learning-rate decay factor (default: {d.gamma})")
+    p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
+                   help="cifar10, or digits: scikit-learn's 8x8 handwritten digits upsampled to 32x32, "
+                   f"offline, needs pip install scikit-learn (default: {d.dataset})")
     p.add_argument("--data", default=d.data_dir,
                    help=f"CIFAR-10 root, holding cifar-10-batches-py/ (default: {d.data_dir})")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=d.download,
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, lr_step=args.lr_step, gamma=args.gamma,
-        data_dir=args.data, download=args.download, synthetic=args.synthetic,
+        dataset=args.dataset, data_dir=args.data, download=args.download, synthetic=args.synthetic,
         synthetic_size=args.synthetic_size, device=args.device, amp=args.amp, reversible=args.reversible,
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         out_dir=args.out or f"runs/{args.model}", limit_batches=args.limit_batches,

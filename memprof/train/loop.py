@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from ..errors import UsageError, check_choice, check_positive_int
 from ..reporting import atomic_write_bytes, atomic_write_text, provenance
 from ..units import format_bytes
-from .data import check_data_dir, load_datasets
+from .data import check_dataset, load_datasets
 from .distributed import (
     DistEnv,
     all_gather_objects,
@@ -89,6 +89,7 @@ class TrainConfig:
         weight_decay: L2 penalty (the deck gives none; 5e-4 is the usual CIFAR choice).
         lr_step: epochs between learning-rate decays (StepLR).
         gamma: the decay factor.
+        dataset: ``cifar10`` or ``digits`` (scikit-learn's, offline; see ``memprof.train.data``).
         data_dir: CIFAR-10 root (``cifar-10-batches-py/`` inside).
         download: let torchvision download CIFAR-10 when absent.
         synthetic: train on torchvision's FakeData instead (offline; accuracy is meaningless).
@@ -114,6 +115,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_step: int = 50
     gamma: float = 0.1
+    dataset: str = "cifar10"
     data_dir: str = "./data"
     download: bool = True
     synthetic: bool = False
@@ -293,8 +295,7 @@ def check_train_config(
             f"batch size {c.batch_size} (the global batch) is not divisible by the {env.world_size} "
             f"processes; use a multiple of {env.world_size}"
         )
-    if not c.synthetic:
-        check_data_dir(c.data_dir, c.download)
+    check_dataset(c.dataset, c.data_dir, c.download, c.synthetic)
     out = Path(c.out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
@@ -649,7 +650,7 @@ def _train(
     # Data: rank 0 first, so that a download happens once.
     if not main:
         barrier()
-    data = load_datasets(c.data_dir, synthetic=c.synthetic, download=c.download, synthetic_size=c.synthetic_size)
+    data = load_datasets(c.data_dir, dataset=c.dataset, synthetic=c.synthetic, download=c.download, synthetic_size=c.synthetic_size)
     if main:
         barrier()
 
@@ -792,7 +793,7 @@ def _train(
     if main:
         header = provenance(command or f"memprof.train.train(model={c.model!r})")
         note = " (synthetic data: FakeData, random labels; the accuracy means nothing)" if data.synthetic else ""
-        header += f"\nModel {c.model}, {len(last_eval[0])} test images{note}."
+        header += f"\nModel {c.model}, dataset {c.dataset}, {len(last_eval[0])} test images{note}."
         report_paths = report.write(out_dir / "report", header=header)
     barrier()
     return TrainResult(history, report, model, out_dir, log_path, checkpoints, report_paths)
