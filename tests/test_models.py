@@ -141,7 +141,7 @@ def test_default_table_depth_gives_the_deck_rows(name: str) -> None:
         # stem, revblock1, down2, revblock2, ..., down4, revblock4: the body's stages.
         "irevvgg": ["ReversibleSequence"] + ["ReversibleSequence", "InvertibleDownsample"] * 3 + ["ReversibleSequence"],
         # patch embedding, one row per transformer block, the head's LayerNorm and Linear.
-        "vit": ["Conv2d"] + ["ViTBlock"] * 12 + ["LayerNorm", "Linear"],
+        "vit": ["Conv2d", "PositionEmbedding"] + ["ViTBlock"] * 12 + ["LayerNorm", "Linear"],
         "revvit": ["AdditiveCoupling"] * 12,  # depth 3: the couplings (leaves above are rows too)
     }
     assert shown == expected[name]

@@ -94,28 +94,60 @@ STRATEGIES: dict[str, StrategyInfo] = {
     )
 }
 
+#: The same strategies for the transformers: ``vit`` and its reversible twin ``revvit``.
+VIT_STRATEGIES: dict[str, StrategyInfo] = {
+    s.strategy.value: s
+    for s in (
+        StrategyInfo(Strategy.PLAIN, "vit", "ViT (192 wide, 12 blocks), ordinary autograd", "reference"),
+        StrategyInfo(Strategy.CHECKPOINT_STAGES, "vit",
+                     "ViT, torch.utils.checkpoint per transformer block (12 segments + head)", "checkpointing"),
+        StrategyInfo(Strategy.CHECKPOINT_SQRT, "vit",
+                     "ViT, torch.utils.checkpoint every sqrt(n) units (4 segments of 3-4 units)", "checkpointing"),
+        StrategyInfo(Strategy.REVERSIBLE, "revvit", "Rev-ViT, the blocks as reversible couplings on two streams",
+                     "reversible"),
+        StrategyInfo(Strategy.OFFLOAD, "vit",
+                     "ViT, saved tensors offloaded to pinned host memory (save_on_cpu)", "offloading",
+                     needs_cuda=True),
+    )
+}
+
+#: Model family -> its strategies (``memprof compare --family``); the first is the default.
+FAMILIES: dict[str, dict[str, StrategyInfo]] = {"vgg": STRATEGIES, "vit": VIT_STRATEGIES}
+#: What each family's title calls its reference model.
+FAMILY_TITLES: dict[str, str] = {"vgg": "VGG-19", "vit": "ViT"}
+
 MODES: tuple[str, ...] = ("estimate", "measure")
 
 
-def list_strategies() -> list[str]:
-    """The strategy names, in display order."""
-    return list(STRATEGIES)
+def family_strategies(family: str = "vgg") -> dict[str, StrategyInfo]:
+    """The strategies of a model family.
+
+    Raises:
+        UsageError: for an unknown family, listing the known ones.
+    """
+    return FAMILIES[check_choice("family", family, FAMILIES)]
 
 
-def default_strategies(mode: str = "estimate", device: str | torch.device = "cpu") -> list[str]:
+def list_strategies(family: str = "vgg") -> list[str]:
+    """The strategy names of ``family``, in display order."""
+    return list(family_strategies(family))
+
+
+def default_strategies(mode: str = "estimate", device: str | torch.device = "cpu", family: str = "vgg") -> list[str]:
     """Every strategy that can run with this mode and device (offload: measured on CUDA only)."""
     dev = torch.device(device)
-    return [s for s, info in STRATEGIES.items()
+    return [s for s, info in family_strategies(family).items()
             if not info.needs_cuda or (dev.type == "cuda" and mode == "measure")]
 
 
-def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
+def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0, family: str = "vgg") -> nn.Module:
     """Build the model a strategy trains (VGG-19's weights are the same for plain and wrappers).
 
     Args:
-        strategy: a name from :func:`list_strategies`.
+        strategy: a name from :func:`list_strategies` of ``family``.
         num_classes: classifier outputs.
         seed: seeds the weight initialisation.
+        family: ``vgg`` (VGG-19, Rev-VGG, i-Rev-VGG) or ``vit`` (ViT, Rev-ViT).
 
     Returns:
         A freshly initialised model in training mode.
@@ -126,7 +158,8 @@ def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0) -> nn.Mo
     from ..models import get_model
     from ..models.strategies import SaveOnCpu, checkpoint_sqrt, checkpoint_stages
 
-    info = STRATEGIES[check_choice("strategy", strategy, STRATEGIES)]
+    table = family_strategies(family)
+    info = table[check_choice("strategy", strategy, table)]
     torch.manual_seed(seed)
     model = get_model(info.model, num_classes=num_classes)
     if info.strategy is Strategy.CHECKPOINT_STAGES:
@@ -150,6 +183,7 @@ class CompareArgs:
     optimizer: str
     repeats: int
     timing: bool
+    family: str = "vgg"
 
 
 def check_compare_args(
@@ -161,6 +195,7 @@ def check_compare_args(
     optimizer: str = "sgd",
     repeats: Any = 5,
     timing: bool = True,
+    family: str = "vgg",
 ) -> CompareArgs:
     """Every check of :func:`compare_strategies`, in one place, before any work starts.
 
@@ -172,6 +207,7 @@ def check_compare_args(
     from .step import check_step_args
     from .sweep import parse_names
 
+    table = family_strategies(family)
     check_choice("mode", mode, MODES)
     if str(device).startswith("cuda") and not torch.cuda.is_available() and (timing or mode == "measure"):
         raise UsageError(f"device {device!r} is not available here: step times and measured memory need it; "
@@ -180,18 +216,18 @@ def check_compare_args(
         batch_size, (3, 32, 32), optimizer, dtype, device, mode == "estimate" and not timing)
     repeats = check_positive_int("repeats", repeats)
     if strategies is None:
-        names = default_strategies(mode, dev)
+        names = default_strategies(mode, dev, family)
     else:
-        names = parse_names(strategies, "strategy", list_strategies())
+        names = parse_names(strategies, "strategy", list_strategies(family))
     for name in names:
-        if STRATEGIES[name].needs_cuda and (dev.type != "cuda" or mode != "measure"):
-            allowed = ", ".join(default_strategies(mode, dev))
+        if table[name].needs_cuda and (dev.type != "cuda" or mode != "measure"):
+            allowed = ", ".join(default_strategies(mode, dev, family))
             raise UsageError(
                 f"strategy {name!r} needs --measure on a CUDA device (save_on_cpu moves saved tensors "
                 f"from the GPU to the host; an estimate would count the host copies); allowed here: {allowed}")
     if Strategy.PLAIN.value not in names:
         names.insert(0, Strategy.PLAIN.value)
-    return CompareArgs(names, batch_size, mode, dev, dt, optimizer, repeats, bool(timing))
+    return CompareArgs(names, batch_size, mode, dev, dt, optimizer, repeats, bool(timing), family)
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -289,6 +325,12 @@ class StrategyComparison(RenderedResult):
     repeats: int
     notes: list[str] = field(default_factory=list)
     profiles: dict[str, StepProfile] = field(default_factory=dict, repr=False)
+    family: str = "vgg"
+
+    @property
+    def strategies(self) -> dict[str, StrategyInfo]:
+        """The family's strategy table."""
+        return family_strategies(self.family)
 
     @property
     def kind(self) -> str:
@@ -298,7 +340,7 @@ class StrategyComparison(RenderedResult):
     @property
     def title(self) -> str:
         """One line naming the settings."""
-        return (f"memprof compare: VGG-19 memory-saving strategies at batch {self.batch_size} "
+        return (f"memprof compare: {FAMILY_TITLES[self.family]} memory-saving strategies at batch {self.batch_size} "
                 f"({self.kind} memory, {self.device}, {self.dtype}, {self.optimizer})")
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -320,7 +362,7 @@ class StrategyComparison(RenderedResult):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON structure: settings, rows, notes."""
-        return {"batch_size": self.batch_size, "mode": self.mode, "device": self.device, "dtype": self.dtype,
+        return {"family": self.family, "batch_size": self.batch_size, "mode": self.mode, "device": self.device, "dtype": self.dtype,
                 "optimizer": self.optimizer, "repeats": self.repeats, "rows": self.rows,
                 "notes": self.notes_text()}
 
@@ -343,8 +385,8 @@ class StrategyComparison(RenderedResult):
                 ("step time", "time_ratio", lambda v: f"{v:.2f}x plain"),
                 ("parameters", "params", lambda v: f"{v:,}")]
         lines = []
-        ckpts = [s for s in by if STRATEGIES[s].family == "checkpointing"]
-        revs = [s for s in by if STRATEGIES[s].family == "reversible"]
+        ckpts = [s for s in by if self.strategies[s].family == "checkpointing"]
+        revs = [s for s in by if self.strategies[s].family == "reversible"]
         for c in ckpts:
             for r in revs:
                 wins, losses = [], []
@@ -442,7 +484,7 @@ class StrategyComparison(RenderedResult):
 # therefore the GPU allocator's step peak minus the parameters, gradients and optimizer state
 # live at that peak: the device bytes that are neither model nor optimizer state.
 def _activation_peak(strategy: str, prof: StepProfile) -> int:
-    if STRATEGIES[strategy].strategy is not Strategy.OFFLOAD:
+    if Strategy(strategy) is not Strategy.OFFLOAD:
         return prof.activation_peak_bytes
     state = sum(prof.at_peak.get(c, 0) for c in ("parameters", "gradients", "optimizer_state"))
     return prof.peak_bytes - state
@@ -459,8 +501,9 @@ def compare_strategies(
     repeats: int = 5,
     timing: bool = True,
     progress: bool | None = False,
+    family: str = "vgg",
 ) -> StrategyComparison:
-    """Profile and time VGG-19's memory-saving strategies side by side, in one run.
+    """Profile and time a model family's memory-saving strategies side by side, in one run.
 
     Args:
         strategies: names from :func:`list_strategies` (``"plain,reversible"`` or a list);
@@ -475,6 +518,8 @@ def compare_strategies(
         repeats: timing rounds (NOTE [ Step times side by side ]).
         timing: measure step times (False: memory only, deterministic in estimate mode).
         progress: show a tqdm progress bar (None: only on a terminal).
+        family: ``vgg`` (VGG-19 plain and checkpointed, Rev-VGG, i-Rev-VGG) or ``vit`` (ViT
+            plain, checkpointed per block and every sqrt(n) units, Rev-ViT).
 
     Returns:
         The :class:`StrategyComparison`.
@@ -486,7 +531,8 @@ def compare_strategies(
 
     from .step import profile_step
 
-    args = check_compare_args(strategies, batch_size, mode, device, dtype, optimizer, repeats, timing)
+    args = check_compare_args(strategies, batch_size, mode, device, dtype, optimizer, repeats, timing, family)
+    table = family_strategies(family)
     shape = (3, 32, 32)
     total = len(args.strategies) + (args.repeats if args.timing else 0)
     bar = tqdm(total=total, desc="memprof compare", unit="task",
@@ -496,7 +542,7 @@ def compare_strategies(
     try:
         for name in args.strategies:
             bar.set_postfix_str(f"{name} memory")
-            models[name] = build_strategy(name)
+            models[name] = build_strategy(name, family=family)
             profiles[name] = profile_step(
                 models[name], args.batch_size, shape, optimizer=args.optimizer, dtype=args.dtype,
                 device=args.device, estimate=args.mode == "estimate", name=name)
@@ -517,7 +563,7 @@ def compare_strategies(
         act = _activation_peak(name, prof)
         rows.append({
             "strategy": name,
-            "model": STRATEGIES[name].model,
+            "model": table[name].model,
             "params": sum(p.numel() for p in models[name].parameters()),
             "activation_peak_bytes": act,
             "peak_bytes": prof.peak_bytes,
@@ -527,20 +573,21 @@ def compare_strategies(
             "time_ratio_min": round(min(ratios[name]), 4) if name in ratios else None,
             "time_ratio_max": round(max(ratios[name]), 4) if name in ratios else None,
             "step_time_s": best.get(name),
-            "description": STRATEGIES[name].description,
+            "description": table[name].description,
         })
     plain = next(r for r in rows if r["strategy"] == ref)
     for r in rows:
         r["activation_ratio"] = round(r["activation_peak_bytes"] / plain["activation_peak_bytes"], 4)
         r["peak_ratio"] = round(r["peak_bytes"] / plain["peak_bytes"], 4)
     notes = []
-    if any(STRATEGIES[s].strategy is Strategy.OFFLOAD for s in args.strategies):
+    if any(table[s].strategy is Strategy.OFFLOAD for s in args.strategies):
         notes.append("offload: activation peak = GPU step peak minus parameters, gradients and optimizer state "
                      "(NOTE [ The activation peak of offloading ]); host memory is not counted.")
-    if not any(STRATEGIES[s].needs_cuda for s in args.strategies):
+    if not any(table[s].needs_cuda for s in args.strategies):
         notes.append("offload (save_on_cpu) is not shown: it needs --measure on a CUDA device.")
     return StrategyComparison(rows, args.batch_size, args.mode, str(args.device),
-                              str(args.dtype).replace("torch.", ""), args.optimizer, args.repeats, notes, profiles)
+                              str(args.dtype).replace("torch.", ""), args.optimizer, args.repeats, notes, profiles,
+                              family)
 
 
 # -- reports ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`memprof compare`: VGG-19's memory-saving strategies side by side, a table and a scatter plot."""
+"""`memprof compare`: a model family's memory-saving strategies side by side, a table and a scatter plot."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ FORMATS = ("text", "markdown", "csv", "json")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..aggregation.compare import list_strategies
+    from ..aggregation.compare import FAMILIES, list_strategies
 
     p = sub.add_parser(
         "compare",
@@ -21,8 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "their training steps side by side in one run. Prints the table; writes OUT/compare.md and "
         "OUT/compare.png (memory against step time).",
     )
+    p.add_argument("--family", default="vgg", choices=list(FAMILIES),
+                   help="vgg: VGG-19 plain/checkpointed, Rev-VGG, i-Rev-VGG; vit: ViT plain/checkpointed per "
+                   "block/every sqrt(n), Rev-ViT (default: vgg)")
     p.add_argument("--strategies", default=None,
-                   help=f"comma-separated, from {', '.join(list_strategies())}; plain is always added as the "
+                   help=f"comma-separated, from {', '.join(list_strategies())} (vgg) or "
+                   f"{', '.join(list_strategies('vit'))} (vit); plain is always added as the "
                    "reference (default: all that run here; offload needs --measure on cuda)")
     p.add_argument("--batch-size", default="32", help="samples per step (default: 32)")
     group = p.add_mutually_exclusive_group()
@@ -49,14 +53,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_choice("format", args.format, FORMATS)
     checked = check_compare_args(args.strategies, args.batch_size, args.mode, args.device, args.dtype,
-                                 args.optimizer, args.repeats, args.timing)
+                                 args.optimizer, args.repeats, args.timing, args.family)
     out = check_output_dir(args.out) if args.out is not None else None
     result = compare_strategies(checked.strategies, checked.batch_size, mode=args.mode, device=args.device,
                                 dtype=args.dtype, optimizer=args.optimizer, repeats=checked.repeats,
-                                timing=args.timing, progress=None)
+                                timing=args.timing, progress=None, family=args.family)
     sys.stdout.write(result.render(args.format))
     if out is not None:
-        command = (f"memprof compare --strategies {','.join(checked.strategies)} --batch-size {checked.batch_size} "
+        command = (f"memprof compare --family {args.family} --strategies {','.join(checked.strategies)} --batch-size {checked.batch_size} "
                    f"--{args.mode} --repeats {checked.repeats}{'' if args.timing else ' --no-time'} "
                    f"--device {args.device} --dtype {args.dtype} --optimizer {args.optimizer}")
         for path in write_compare_files(result, out, command):

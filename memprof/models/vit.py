@@ -38,6 +38,7 @@ __all__ = [
     "VIT_CFGS",
     "Attention",
     "PatchEmbed",
+    "PositionEmbedding",
     "RevViT",
     "TokenHead",
     "ViT",
@@ -103,6 +104,21 @@ def check_vit_config(cfg: ViTConfig) -> ViTConfig:
     return cfg
 
 
+class PositionEmbedding(nn.Module):
+    """A learned embedding per token position, added to the tokens: (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, num_tokens: int, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, num_tokens, width))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight
+
+    def extra_repr(self) -> str:
+        return f"tokens={self.weight.shape[1]}, width={self.weight.shape[2]}"
+
+
 class PatchEmbed(nn.Module):
     """Cut the image into patches and embed each: conv(patch, stride=patch) + position embedding.
 
@@ -113,17 +129,13 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.image_size = cfg.image_size
         self.proj = nn.Conv2d(cfg.in_channels, cfg.width, cfg.patch, stride=cfg.patch)
-        self.pos = nn.Parameter(torch.zeros(1, cfg.num_patches, cfg.width))
-        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.pos = PositionEmbedding(cfg.num_patches, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(f"expected input (B, C, {self.image_size}, {self.image_size}), got {tuple(x.shape)}")
         x = self.proj(x)  # (B, D, H/p, W/p)
-        return x.flatten(2).transpose(1, 2) + self.pos  # (B, N, D)
-
-    def extra_repr(self) -> str:
-        return f"tokens={self.pos.shape[1]}"
+        return self.pos(x.flatten(2).transpose(1, 2))  # (B, N, D)
 
 
 class Attention(nn.Module):
