@@ -23,6 +23,8 @@ REPORTS: dict[str, str] = {
     "sweep": "memprof.aggregation.sweep:write_sweep_reports",
     "compare": "memprof.aggregation.compare:write_compare_reports",
     "memory": "memprof.aggregation.memory_report:write_memory_report",
+    "transformers": "memprof.aggregation.transformers:write_transformer_reports",
+    "training": "memprof.aggregation.training_report:write_training_report",
     "readme": "memprof.rendering.index:write_reports_index",  # keep last: it links what the others wrote
 }
 

@@ -107,6 +107,9 @@ def write_memory_report(out_dir: Path) -> list[Path]:
                 "checked by tests/test_estimate.py",
         "models": {n: deterministic_figures(p) for n, p in profiles.items()},
     }
+    from .transformers import transformer_memory_section
+
+    text += "\n" + transformer_memory_section()
     out = Path(out_dir)
     return [
         atomic_write_text(out / "memory.md", text),

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: The reports written by :func:`write_table_reports` (one Markdown and one CSV per model).
-REPORT_MODELS = ("vgg19", "revvgg", "irevvgg")
+REPORT_MODELS = ("vgg19", "revvgg", "irevvgg", "vit", "revvit")
 
 Shape = tuple[int, ...]
 

@@ -38,6 +38,7 @@ __all__ = [
     "render_depth_sweep",
     "render_transformer_section",
     "time_twins",
+    "transformer_memory_section",
     "write_transformer_reports",
 ]
 
@@ -49,6 +50,9 @@ REPORT_BATCH_SIZE = 128
 ACTIVATION_TARGET = 0.20
 TIME_TARGET = 1.35
 TIMING_REPEATS = 3
+#: Batch of the timed steps in the report: 32, since a batch-128 ViT step takes minutes on a
+#: busy 2-core machine; the ratio is of the same arithmetic either way.
+TIMING_BATCH_SIZE = 32
 
 
 def depth_sweep(depths: Sequence[int] = DEPTHS, batch_size: int = REPORT_BATCH_SIZE,
@@ -209,7 +213,7 @@ def plot_depth_sweep(rows: list[dict[str, Any]], path: str | Path | None = None,
 def write_transformer_reports(out_dir: Path) -> list[Path]:
     """``reports/transformers.md`` and ``transformers.png``: the depth sweep and the twin timing.
 
-    Takes several minutes on 2 CPU cores (the step times are real, at batch 128).
+    Takes several minutes on 2 CPU cores (the step times are real, at batch 32).
 
     Returns:
         The paths written.
@@ -220,7 +224,7 @@ def write_transformer_reports(out_dir: Path) -> list[Path]:
 
     with one_thread():
         rows = depth_sweep()
-    timing = time_twins()
+    timing = time_twins(batch_size=TIMING_BATCH_SIZE)
     md = (f"{provenance('memprof report transformers')}\n\n# ViT and Rev-ViT\n\n"
           "`python benchmarks/revvit_depth.py` prints the same figures.\n\n"
           + render_transformer_section(rows, timing, REPORT_BATCH_SIZE).replace("## Transformers: ViT and Rev-ViT\n\n", "")
@@ -230,3 +234,15 @@ def write_transformer_reports(out_dir: Path) -> list[Path]:
     fig.savefig(buf, format="png", dpi=110)
     out = Path(out_dir)
     return [atomic_write_text(out / "transformers.md", md), atomic_write_bytes(out / "transformers.png", buf.getvalue())]
+
+
+def transformer_memory_section(batch_size: int = REPORT_BATCH_SIZE) -> str:
+    """The transformer section of ``reports/memory.md``: vit and revvit at depth 12 (estimated).
+
+    Only depth 12 and no timing, so that ``memprof report memory`` stays quick; the depth sweep
+    and the step times are in ``reports/transformers.md``.
+    """
+    with one_thread():
+        rows = depth_sweep((12,), batch_size)
+    return (render_transformer_section(rows, None, batch_size)
+            + "\nThe sweep over depth (6-48) and the step time against the twin: [transformers.md](transformers.md).\n")

@@ -128,12 +128,20 @@ class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.image_size = cfg.image_size
+        self.patch = cfg.patch
         self.proj = nn.Conv2d(cfg.in_channels, cfg.width, cfg.patch, stride=cfg.patch)
         self.pos = PositionEmbedding(cfg.num_patches, cfg.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"expected input (B, C, {self.image_size}, {self.image_size}), got {tuple(x.shape)}")
+        if x.dim() != 4:
+            raise ValueError(f"expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.patch or w % self.patch:
+            raise ValueError(f"input size {h}x{w} is not divisible by the patch size {self.patch}")
+        if (h, w) != (self.image_size, self.image_size):
+            raise ValueError(f"input size {h}x{w} differs from the model's image_size {self.image_size} "
+                             "(its position embedding has one entry per patch); build it with image_size="
+                             f"{h}" if h == w else f"input size {h}x{w} is not square")
         x = self.proj(x)  # (B, D, H/p, W/p)
         return self.pos(x.flatten(2).transpose(1, 2))  # (B, N, D)
 
