@@ -113,3 +113,25 @@ def test_every_model_reaches_95_percent_on_digits(name: str, tmp_path: Path) -> 
     assert accs[True] >= 0.95, accs
     if False in accs:
         assert abs(accs[True] - accs[False]) <= 0.01, accs
+
+
+def test_warmup_raises_the_learning_rate_linearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_train import _cfg, _seeded_tiny
+
+    with pytest.raises(UsageError, match="warmup epochs must be an integer >= 0"):
+        train(_cfg(tmp_path, epochs=1, warmup_epochs=-1), _seeded_tiny())
+    optimizers: list[torch.optim.Optimizer] = []
+
+    class RecordingSGD(torch.optim.SGD):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+    seen: list[float] = []
+    model = _seeded_tiny()
+    model.register_forward_pre_hook(lambda m, a: seen.append(optimizers[0].param_groups[0]["lr"]) if torch.is_grad_enabled() else None)
+    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
+    # 32 images, batch 16: 2 steps per epoch; warm-up over 2 epochs (4 steps), then lr 0.1.
+    train(_cfg(tmp_path / "w", epochs=3, warmup_epochs=2, lr=0.1, synthetic_size=32, batch_size=16), model)
+    assert seen[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert seen[4:] == pytest.approx([0.1, 0.1])

@@ -34,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"L2 weight decay; the deck gives none, 5e-4 is usual on CIFAR (default: {d.weight_decay})")
     p.add_argument("--lr-step", type=int, default=d.lr_step,
                    help=f"epochs between learning-rate decays (default: {d.lr_step})")
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help=f"raise the learning rate linearly over the first N epochs (default: {d.warmup_epochs}, none)")
     p.add_argument("--gamma", type=float, default=d.gamma, help=f"learning-rate decay factor (default: {d.gamma})")
     p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
                    help="cifar10, or digits: scikit-learn's 8x8 handwritten digits upsampled to 32x32, "
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, lr_step=args.lr_step, gamma=args.gamma,
+        momentum=args.momentum, weight_decay=args.weight_decay, lr_step=args.lr_step,
+        warmup_epochs=args.warmup_epochs, gamma=args.gamma,
         dataset=args.dataset, data_dir=args.data, download=args.download, synthetic=args.synthetic,
         synthetic_size=args.synthetic_size, device=args.device, amp=args.amp, reversible=args.reversible,
         checkpoint_every=args.checkpoint_every, resume=args.resume,

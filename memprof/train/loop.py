@@ -88,6 +88,8 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: L2 penalty (the deck gives none; 5e-4 is the usual CIFAR choice).
         lr_step: epochs between learning-rate decays (StepLR).
+        warmup_epochs: raise the learning rate linearly, step by step, from lr/steps to lr over
+            this many epochs (0: none, the deck's recipe); see NOTE [ Why VGG-19 starts slowly ].
         gamma: the decay factor.
         dataset: ``cifar10`` or ``digits`` (scikit-learn's, offline; see ``memprof.train.data``).
         data_dir: CIFAR-10 root (``cifar-10-batches-py/`` inside).
@@ -114,6 +116,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_step: int = 50
+    warmup_epochs: int = 0
     gamma: float = 0.1
     dataset: str = "cifar10"
     data_dir: str = "./data"
@@ -272,6 +275,8 @@ def check_train_config(
     c.weight_decay = _check_float("weight decay", c.weight_decay, low=0.0, low_open=False,
                                   allowed="a number >= 0")
     c.lr_step = check_positive_int("lr step", c.lr_step)
+    if isinstance(c.warmup_epochs, bool) or not isinstance(c.warmup_epochs, int) or c.warmup_epochs < 0:
+        raise UsageError(f"warmup epochs must be an integer >= 0 (0: no warm-up), got {c.warmup_epochs!r}")
     c.gamma = _check_float("gamma", c.gamma, low=0.0, low_open=True, high=1.0, high_open=False,
                            allowed="in (0, 1]")
     if isinstance(c.checkpoint_every, bool) or not isinstance(c.checkpoint_every, int) or c.checkpoint_every < 0:
@@ -716,6 +721,10 @@ def _train(
                 if c.limit_batches is not None and i >= c.limit_batches:
                     break
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                if epoch < c.warmup_epochs:  # linear warm-up of the step schedule's learning rate
+                    frac = (epoch * n_train + i + 1) / (c.warmup_epochs * n_train)
+                    for group in optimizer.param_groups:
+                        group["lr"] = c.lr * c.gamma ** (epoch // c.lr_step) * frac
                 t0 = time.perf_counter()
                 with autocast_context(c.amp, device):
                     out = ddp_model(xb)
