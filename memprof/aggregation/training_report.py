@@ -38,6 +38,7 @@ class TrainingRun:
 
     name: str
     rows: list[dict[str, float]]
+    command: str | None = None
 
     @property
     def model(self) -> str:
@@ -67,7 +68,8 @@ def read_training_runs(runs_dir: str | Path = RUNS_DIR) -> list[TrainingRun]:
             rows = [{k: float(v) for k, v in r.items() if v not in ("", None) and k != "peak_mem_source"}
                     for r in csv.DictReader(fh)]
         if rows:
-            runs.append(TrainingRun(log.parent.name, rows))
+            cmd = log.parent / "command.txt"
+            runs.append(TrainingRun(log.parent.name, rows, cmd.read_text().strip() if cmd.is_file() else None))
     return runs
 
 
@@ -108,7 +110,10 @@ def render_training_report(runs: list[TrainingRun], runs_dir: str | Path = RUNS_
                                           "acc. minus twin's, points", "peak RSS (measured)",
                                           "step time, s (measured, median)"],
                           tablefmt="github", disable_numparse=True))
-    lines += ["", "![loss and test accuracy per epoch](training.png)", ""]
+    lines += ["", "![loss and test accuracy per epoch](training.png)", "", "Runs (from each run's `command.txt`, "
+              "written by `notes/train_digits.sh`; the last `--out` wins):", ""]
+    lines += [f"- {r.name}: `{r.command}`" if r.command else f"- {r.name}: (no command.txt)" for r in runs]
+    lines.append("")
     unfinished = [r.name for r in runs if int(r.rows[-1]["epoch"]) < EPOCHS]
     missing = [m for m in list_models() if m not in {r.model for r in runs}]
     if unfinished:

@@ -10,7 +10,7 @@ from . import vgg as _vgg  # noqa: F401  (registers vgg19, revvgg)
 from . import vit as _vit  # noqa: F401  (registers vit, revvit)
 from .irevvgg import IRevVGG
 from .registry import ModelInfo, get_model, get_model_info, list_models, register_model
-from .vgg import VGG, RevBlock, RevVGG
+from .vgg import SEED_DESIGN_NOTES, VGG, RevBlock, RevVGG
 from .vit import RevViT, ViT, ViTConfig
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "RevBlock",
     "RevVGG",
     "RevViT",
+    "SEED_DESIGN_NOTES",
     "VGG",
     "ViT",
     "ViTConfig",

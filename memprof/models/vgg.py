@@ -19,6 +19,7 @@ __all__ = [
     "CFGS",
     "RevBlock",
     "RevVGG",
+    "SEED_DESIGN_NOTES",
     "VGG",
     "make_coupling_branch",
     "make_linear_branch",
@@ -156,6 +157,18 @@ def make_linear_branch(features: int) -> nn.Sequential:
 # before any coupling adds to it. A BatchNorm right after the stem conv would keep the conv's
 # (64, 32, 32) output for backward, 256 KiB per sample, the largest tensor of the network.
 # The couplings keep starting as the identity (NOTE [ Couplings start as the identity ]).
+
+
+#: Why memprof's Rev-VGG differs from the deck's table, by row name (digits stripped): shown in
+#: the seed comparison of ``memprof table revvgg --seed-table`` and reports/revvgg.md.
+SEED_DESIGN_NOTES: dict[str, str] = {
+    "revblock": "a BatchNorm2d of the block's input before the transition conv (2 x in_channels parameters), "
+                "so that Rev-VGG trains with the deck's lr 0.1 (NOTE [ Normalisation in the main stream ])",
+    "linear_norm": "a BatchNorm1d before the linear block, so that Rev-VGG trains with the deck's lr 0.1 "
+                   "(NOTE [ Normalisation in the main stream ])",
+    "linear_block": "two couplings with F, G = Linear(256, 256) + ReLU + Linear(256, 256); the deck's count is "
+                    "that of the two Linear(512, 512) they replace",
+}
 
 
 class RevBlock(nn.Module):
