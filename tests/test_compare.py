@@ -130,7 +130,7 @@ def test_memory_claims(untimed):
     assert list(rows) == ["plain", "checkpoint-sqrt", "reversible"]
     plain, ck, rev = rows["plain"], rows["checkpoint-sqrt"], rows["reversible"]
     assert ck["params"] == plain["params"] == 20_565_834
-    assert rev["params"] == 20_825_354
+    assert rev["params"] == 20_828_298
     # claims that can fail: each saves at least a quarter of plain's activation peak
     assert ck["activation_peak_bytes"] < 0.75 * plain["activation_peak_bytes"]
     assert rev["activation_peak_bytes"] < 0.75 * plain["activation_peak_bytes"]

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
                                 timing=args.timing, progress=None, family=args.family)
     sys.stdout.write(result.render(args.format))
     if out is not None:
-        command = (f"memprof compare --family {args.family} --strategies {','.join(checked.strategies)} --batch-size {checked.batch_size} "
+        family = "" if args.family == "vgg" else f" --family {args.family}"
+        command = (f"memprof compare{family} --strategies {','.join(checked.strategies)} --batch-size {checked.batch_size} "
                    f"--{args.mode} --repeats {checked.repeats}{'' if args.timing else ' --no-time'} "
                    f"--device {args.device} --dtype {args.dtype} --optimizer {args.optimizer}")
         for path in write_compare_files(result, out, command):

@@ -64,10 +64,10 @@ def render_reports_index(files: list[str]) -> str:
         "",
     ]
     lines += [f"- [{f}]({f}): {REPORT_DESCRIPTIONS[f]}" for f in known]
+    lines += [f"- [{f}]({f})" for f in other]
     if transformers:
         lines += ["", "## Transformers", ""]
         lines += [f"- [{f}]({f}): {TRANSFORMER_DESCRIPTIONS[f]}" for f in transformers]
-    lines += [f"- [{f}]({f})" for f in other]
     return "\n".join(lines) + "\n"
 
 
