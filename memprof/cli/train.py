@@ -1,4 +1,4 @@
-"""`memprof train`: train and evaluate on CIFAR-10 with the deck's recipe (single process or torchrun)."""
+"""`memprof train`: train and evaluate on CIFAR-10 or digits with the deck's recipe (single process or torchrun)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = sub.add_parser(
         "train",
-        help="train/evaluate a model on CIFAR-10 with the deck's recipe (works under torchrun)",
+        help="train/evaluate a model on CIFAR-10 (or scikit-learn's digits) with the deck's recipe (works under torchrun)",
         description=(
-            "Train MODEL on CIFAR-10 with SGD + momentum and a step learning-rate schedule (the deck: "
+            "Train MODEL on CIFAR-10 (or, with --dataset digits, scikit-learn's handwritten digits) with SGD + momentum and a step learning-rate schedule (the deck: "
             "lr 0.1 divided by 10 every 50 epochs, 300 epochs), logging every epoch to "
             "OUT/train_log.csv and writing the deck's per-class precision/recall/F1 table and a "
             "confusion matrix to OUT/report/. Under `torchrun --nproc_per_node N -m memprof train` "
