@@ -28,9 +28,9 @@ DECK_REVVGG = {
     "linear_block": 525_312,
     "fc": 5_130,
 }
-#: Rev-VGG's children the deck has no row for: the main stream's BatchNorm before the linear
-#: block (NOTE [ Normalisation in the main stream ]).
-ADDED_REVVGG = {"linear_norm": 1_024}
+#: Rev-VGG's children the deck has no row for: the main stream's BatchNorm before pool5 and the
+#: linear block (NOTE [ Normalisation in the main stream ]).
+ADDED_REVVGG = {"norm5": 1_024}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -74,6 +74,13 @@ def test_forward_shape_and_num_classes(name: str) -> None:
         assert get_model(name, num_classes=7)(x).shape == (2, 7)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_a_training_step_at_batch_one(name: str) -> None:
+    """Every model trains at batch 1 (no BatchNorm that sees a single value per channel)."""
+    model = get_model(name).train()
+    model(torch.randn(1, *get_model_info(name).input_shape)).sum().backward()
+
+
 def test_vgg19_parameters_are_the_decks() -> None:
     model = built("vgg19")
     assert count(model) == 20_565_834
@@ -88,7 +95,7 @@ def test_revvgg_blocks_match_the_deck_column() -> None:
     names = [name for name, _ in model.named_children()]
     assert names == [
         "conv", "relu", "pool1", "revblock1", "pool2", "revblock2", "pool3", "revblock3",
-        "pool4", "revblock4", "pool5", "flatten", "linear_norm", "linear_block", "fc",
+        "pool4", "revblock4", "norm5", "pool5", "flatten", "linear_block", "fc",
     ]
     counts = {name: count(child) for name, child in model.named_children() if count(child)}
     assert counts.keys() == DECK_REVVGG.keys() | ADDED_REVVGG.keys()
@@ -136,8 +143,8 @@ def test_default_table_depth_gives_the_deck_rows(name: str) -> None:
     shown = [r for r in rows if r not in ("ReLU", "Flatten")]
     expected = {
         "vgg19": deck_rows(CFGS["E"]),  # 40 rows
-        "revvgg": ["Conv2d", "MaxPool2d"] + ["RevBlock", "MaxPool2d"] * 4
-        + ["BatchNorm1d", "ReversibleSequence", "Linear"],
+        "revvgg": ["Conv2d", "MaxPool2d"] + ["RevBlock", "MaxPool2d"] * 3
+        + ["RevBlock", "BatchNorm2d", "MaxPool2d", "ReversibleSequence", "Linear"],
         # stem, revblock1, down2, revblock2, ..., down4, revblock4: the body's stages.
         "irevvgg": ["ReversibleSequence"] + ["ReversibleSequence", "InvertibleDownsample"] * 3 + ["ReversibleSequence"],
         # patch embedding, one row per transformer block, the head's LayerNorm and Linear.

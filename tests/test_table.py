@@ -167,7 +167,7 @@ def test_revvgg_seed_differences_are_named() -> None:
     conv = by_cause["inconsistent convention"]
     assert [(d.seed_row, d.column) for d in conv] == [(11, "activations")]
     # The main stream's BatchNorms (NOTE [ Normalisation in the main stream ]): one more in each
-    # RevBlock (rows 3, 5, 7, 9) and linear_norm (no deck row); the linear block's couplings (11).
+    # RevBlock (rows 3, 5, 7, 9) and norm5 (no deck row); the linear block's couplings (11).
     design = by_cause["different design"]
     assert sorted((d.seed_row or 0, d.column) for d in design) == [
         (0, "row"), (3, "params"), (5, "params"), (7, "params"), (9, "params"), (11, "params")]

@@ -151,8 +151,11 @@ def make_linear_branch(features: int) -> nn.Sequential:
 #   of the conv's output: the BatchNorm and the conv then each keep a (c_in, H, W) tensor for
 #   backward, where conv + BatchNorm would keep (c_in, H, W) and (c_out, H, W). It adds 2 c_in
 #   parameters to each RevBlock (+128 / +256 / +512 / +1,024, at most 0.025% of its count).
-# - the linear block's input is normalised too (``linear_norm``, BatchNorm1d(512) after the
-#   flatten).
+# - the linear block's input is normalised too: ``norm5``, a BatchNorm2d(512) of revblock4's
+#   (512, 2, 2) output, before pool5. (A BatchNorm1d after the flatten would see one value per
+#   channel at batch 1 and refuse to train there; on the 2x2 map it sees four. Max-pooling
+#   commutes with the per-channel affine map of an evaluation-mode BatchNorm of positive weight,
+#   so the two places compute nearly the same function.)
 # The stem keeps the deck's conv + ReLU: revblock1's BatchNorm normalises its pooled output
 # before any coupling adds to it. A BatchNorm right after the stem conv would keep the conv's
 # (64, 32, 32) output for backward, 256 KiB per sample, the largest tensor of the network.
@@ -164,8 +167,8 @@ def make_linear_branch(features: int) -> nn.Sequential:
 SEED_DESIGN_NOTES: dict[str, str] = {
     "revblock": "a BatchNorm2d of the block's input before the transition conv (2 x in_channels parameters), "
                 "so that Rev-VGG trains with the deck's lr 0.1 (NOTE [ Normalisation in the main stream ])",
-    "linear_norm": "a BatchNorm1d before the linear block, so that Rev-VGG trains with the deck's lr 0.1 "
-                   "(NOTE [ Normalisation in the main stream ])",
+    "norm": "a BatchNorm2d of revblock4's output before pool5 and the linear block, so that Rev-VGG trains "
+            "with the deck's lr 0.1 (NOTE [ Normalisation in the main stream ])",
     "linear_block": "two couplings with F, G = Linear(256, 256) + ReLU + Linear(256, 256); the deck's count is "
                     "that of the two Linear(512, 512) they replace",
 }
@@ -216,10 +219,11 @@ def _build_revvgg(cfg: list[int | str], num_classes: int) -> RevVGG:
     layers["pool1"] = nn.MaxPool2d(2, 2)
     for k, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
         layers[f"revblock{k}"] = RevBlock(c_in, c_out)
+        if k == len(widths) - 1:
+            layers[f"norm{k + 1}"] = nn.BatchNorm2d(c_out)  # NOTE [ Normalisation in the main stream ]
         layers[f"pool{k + 1}"] = nn.MaxPool2d(2, 2)
     width = widths[-1]
     layers["flatten"] = nn.Flatten(1)
-    layers["linear_norm"] = nn.BatchNorm1d(width)
     layers["linear_block"] = ReversibleSequence(
         AdditiveCoupling(make_linear_branch(width // 2), make_linear_branch(width // 2), split_dim=1)
         for _ in range(LINEAR_COUPLINGS)
