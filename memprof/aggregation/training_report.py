@@ -73,6 +73,17 @@ def read_training_runs(runs_dir: str | Path = RUNS_DIR) -> list[TrainingRun]:
     return runs
 
 
+def _reversible_label(run: TrainingRun) -> str:
+    """yes / no (twin) for a model with reversible sequences; '-' for a plain model (vgg19, vit)."""
+    from ..models import get_model, list_models
+    from ..reversible import ReversibleSequence
+
+    if run.model in list_models() and not any(isinstance(m, ReversibleSequence)
+                                              for m in get_model(run.model).modules()):
+        return "-"
+    return "yes" if run.reversible else "no (twin)"
+
+
 def render_training_report(runs: list[TrainingRun], runs_dir: str | Path = RUNS_DIR) -> str:
     """The Markdown body of ``reports/training.md`` (without the provenance line)."""
     from tabulate import tabulate
@@ -100,7 +111,7 @@ def render_training_report(runs: list[TrainingRun], runs_dir: str | Path = RUNS_
         peak = max(run.column("peak_mem_rank0_bytes")) if "peak_mem_rank0_bytes" in last else None
         steps = sorted(run.column("step_time_s"))
         table.append([
-            run.model, "yes" if run.reversible else "no (twin)", f"{int(last['epoch'])}/{EPOCHS}",
+            run.model, _reversible_label(run), f"{int(last['epoch'])}/{EPOCHS}",
             f"{last['test_acc']:.1%}", f"{max(run.column('test_acc')):.1%}", "-" if first is None else str(first),
             f"{last['loss']:.3f}", gap, "" if peak is None else format_bytes(peak, "MiB"),
             f"{steps[len(steps) // 2]:.2f}",
