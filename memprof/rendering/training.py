@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,24 @@ from ..aggregation.training import (
 from ..units import format_bytes
 from .plots import _new_figure
 
-__all__ = ["plot_training_runs", "render_training_report"]
+__all__ = ["plain_models", "plot_training_runs", "render_training_report"]
+
+
+def plain_models(names: Sequence[str]) -> set[str]:
+    """The registered models of ``names`` without a reversible sequence (vgg19, vit): no twin to set against."""
+    from ..models import get_model, list_models
+    from ..reversible import ReversibleSequence
+
+    known = set(list_models())
+    return {n for n in names if n in known
+            and not any(isinstance(m, ReversibleSequence) for m in get_model(n).modules())}
+
+
+def _reversible_label(run: TrainingRun, plain: Collection[str]) -> str:
+    """yes / no (twin) for a model with reversible sequences; '-' for a plain model (vgg19, vit)."""
+    if run.model in plain:
+        return "-"
+    return "yes" if run.reversible else "no (twin)"
 
 
 def render_training_report(runs: Sequence[TrainingRun], runs_dir: str | Path,
@@ -45,10 +62,11 @@ def render_training_report(runs: Sequence[TrainingRun], runs_dir: str | Path,
         lines.append(f"No runs found under `{runs_dir}/`: run the command above for each model first.")
         return "\n".join(lines) + "\n"
     table = []
+    plain = plain_models(sorted({r.model for r in runs}))
     for s in summarise_runs(runs):
         gap = "" if s.twin_gap is None else f"{s.twin_gap[0]:+.1f} (epoch {s.twin_gap[1]})"
         table.append([
-            s.run.model, "yes" if s.run.reversible else "no (twin)", f"{s.epochs_run}/{EPOCHS}",
+            s.run.model, _reversible_label(s.run, plain), f"{s.epochs_run}/{EPOCHS}",
             f"{s.final_acc:.1%}", f"{s.best_acc:.1%}", "-" if s.first_at_target is None else str(s.first_at_target),
             f"{s.final_loss:.3f}", gap, "" if s.peak_bytes is None else format_bytes(s.peak_bytes, "MiB"),
             f"{s.median_step_s:.2f}",
