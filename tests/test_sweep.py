@@ -63,7 +63,7 @@ def test_parse_batch_sizes_rejects(text):
 
 
 def test_check_sweep_args_names_the_bad_value():
-    with pytest.raises(UsageError, match="unknown model 'resnet'.*allowed: irevvgg, revvgg, vgg19"):
+    with pytest.raises(UsageError, match="unknown model 'resnet'.*allowed: irevvgg, revvgg, revvit, vgg19, vit"):
         check_sweep_args("vgg19,resnet")
     with pytest.raises(UsageError, match="comma-separated"):
         check_sweep_args("")

@@ -83,6 +83,7 @@ def test_classification_report_numbers_and_deck_layout(tmp_path: Path) -> None:
     png = tmp_path / "confusion_matrix.png"
     assert png in paths and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "classification_report.txt").read_text().startswith("hdr\nsecond line\n")
+    # plain CSV (pandas reads its header); the provenance is in the .txt and the .json beside it
     csv_lines = (tmp_path / "classification_report.csv").read_text().splitlines()
     assert csv_lines[0] == "label,name,precision,recall,f1-score,support"  # plain CSV: provenance in .txt/.json
     assert json.loads((tmp_path / "classification_report.json").read_text())["provenance"] == "hdr\nsecond line"

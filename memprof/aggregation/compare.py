@@ -1,6 +1,6 @@
-"""Memory-saving strategies for VGG-19: the registry, and the comparison's rows from profiles and times.
+"""Memory-saving strategies per model family: the registry, and the comparison's rows from profiles and times.
 
-The strategies a user could pick to train VGG-19 (the deck's network) in less memory:
+The strategies a user could pick to train VGG-19 (the deck's network, family ``vgg``) in less memory:
 
 ==================  ==========================================================================
 plain               VGG-19 under ordinary autograd: the reference of every ratio.
@@ -12,7 +12,10 @@ offload             VGG-19 under torch.autograd.graph.save_on_cpu (GPU only, mea
 ==================  ==========================================================================
 
 :func:`comparison_rows` turns each strategy's step profile, parameter count and step times into
-one row with its ratios to plain's figures. Checkpointing keeps VGG-19's weights and parameter
+one row with its ratios to plain's figures.
+
+Family ``vit`` (:data:`VIT_STRATEGIES`) has the same strategies for the transformers: ``vit``
+plain, checkpointed per block and every sqrt(n) units, and its reversible twin ``revvit``. Checkpointing keeps VGG-19's weights and parameter
 count, the reversible models change the architecture: the rows keep every axis. Profiling and
 timing are :func:`memprof.api.compare.compare_strategies`'s job; this module only computes.
 """
@@ -25,13 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..validation import check_choice
 from ..vocabulary import Mode, Word
 
 if TYPE_CHECKING:
     from .step import StepProfileData
 
 __all__ = [
+    "FAMILIES",
+    "FAMILY_TITLES",
     "STRATEGIES",
+    "VIT_STRATEGIES",
     "ComparisonData",
     "Strategy",
     "StrategyInfo",
@@ -39,6 +46,7 @@ __all__ = [
     "comparison_notes",
     "comparison_rows",
     "default_strategies",
+    "family_strategies",
     "list_strategies",
 ]
 
@@ -83,15 +91,48 @@ STRATEGIES: dict[str, StrategyInfo] = {
 }
 
 
-def list_strategies() -> list[str]:
-    """The strategy names, in display order."""
-    return list(STRATEGIES)
+#: The same strategies for the transformers: ``vit`` and its reversible twin ``revvit``.
+VIT_STRATEGIES: dict[str, StrategyInfo] = {
+    s.strategy.value: s
+    for s in (
+        StrategyInfo(Strategy.PLAIN, "vit", "ViT (192 wide, 12 blocks), ordinary autograd", "reference"),
+        StrategyInfo(Strategy.CHECKPOINT_STAGES, "vit",
+                     "ViT, torch.utils.checkpoint per transformer block (12 segments + head)", "checkpointing"),
+        StrategyInfo(Strategy.CHECKPOINT_SQRT, "vit",
+                     "ViT, torch.utils.checkpoint every sqrt(n) units (4 segments of 3-4 units)", "checkpointing"),
+        StrategyInfo(Strategy.REVERSIBLE, "revvit", "Rev-ViT, the blocks as reversible couplings on two streams",
+                     "reversible"),
+        StrategyInfo(Strategy.OFFLOAD, "vit",
+                     "ViT, saved tensors offloaded to pinned host memory (save_on_cpu)", "offloading",
+                     needs_cuda=True),
+    )
+}
+
+#: Model family -> its strategies (``memprof compare --family``); the first is the default.
+FAMILIES: dict[str, dict[str, StrategyInfo]] = {"vgg": STRATEGIES, "vit": VIT_STRATEGIES}
+#: What each family's title calls its reference model.
+FAMILY_TITLES: dict[str, str] = {"vgg": "VGG-19", "vit": "ViT"}
 
 
-def default_strategies(mode: str = Mode.ESTIMATED, device: str | torch.device = "cpu") -> list[str]:
-    """Every strategy that can run with this mode and device (offload: measured on CUDA only)."""
+def family_strategies(family: str = "vgg") -> dict[str, StrategyInfo]:
+    """The strategies of a model family.
+
+    Raises:
+        UsageError: for an unknown family, listing the known ones.
+    """
+    return FAMILIES[check_choice("family", family, FAMILIES)]
+
+
+def list_strategies(family: str = "vgg") -> list[str]:
+    """The strategy names of ``family``, in display order."""
+    return list(family_strategies(family))
+
+
+def default_strategies(mode: str = Mode.ESTIMATED, device: str | torch.device = "cpu",
+                       family: str = "vgg") -> list[str]:
+    """Every strategy of ``family`` that can run with this mode and device (offload: measured on CUDA only)."""
     dev = torch.device(device)
-    return [s for s, info in STRATEGIES.items()
+    return [s for s, info in family_strategies(family).items()
             if not info.needs_cuda or (dev.type == "cuda" and mode == Mode.MEASURED)]
 
 
@@ -108,6 +149,7 @@ class ComparisonData:
         batch_size, mode, device, dtype, optimizer, repeats: the settings.
         notes: extra lines for the rendered outputs.
         profiles: strategy -> its step profile.
+        family: the model family (``vgg`` or ``vit``, :data:`FAMILIES`).
     """
 
     rows: list[dict[str, Any]]
@@ -119,6 +161,12 @@ class ComparisonData:
     repeats: int
     notes: list[str] = field(default_factory=list)
     profiles: dict[str, StepProfileData] = field(default_factory=dict, repr=False)
+    family: str = "vgg"
+
+    @property
+    def strategies(self) -> dict[str, StrategyInfo]:
+        """The family's strategy table."""
+        return family_strategies(self.family)
 
 
 # NOTE [ The activation peak of offloading ]
@@ -129,7 +177,7 @@ class ComparisonData:
 # live at that peak: the device bytes that are neither model nor optimizer state.
 def activation_peak(strategy: str, prof: StepProfileData) -> int:
     """The activation peak of a strategy's step (NOTE [ The activation peak of offloading ])."""
-    if STRATEGIES[strategy].strategy is not Strategy.OFFLOAD:
+    if Strategy(strategy) is not Strategy.OFFLOAD:
         return prof.activation_peak_bytes
     state = sum(prof.at_peak.get(c, 0) for c in ("parameters", "gradients", "optimizer_state"))
     return prof.peak_bytes - state
@@ -141,6 +189,7 @@ def comparison_rows(
     params: Mapping[str, int],
     times: Mapping[str, Sequence[float]],
     failures: Mapping[str, str] | None = None,
+    family: str = "vgg",
 ) -> list[dict[str, Any]]:
     """One row per strategy with its ratios to plain's (NOTE [ Step times side by side ]).
 
@@ -151,10 +200,12 @@ def comparison_rows(
         times: each strategy's step time per round (empty without timing).
         failures: strategy -> status of a step that did not run, e.g. "out of memory at batch
             N: needed X more" (its figures stay empty, NOTE [ Out of memory is a result ]).
+        family: the strategies' model family (:data:`FAMILIES`).
 
     Returns:
         The rows of :class:`ComparisonData`.
     """
+    table = family_strategies(family)
     ref = Strategy.PLAIN.value
     if ref not in times:  # plain did not run (out of memory): no time ratios to give
         times = {}
@@ -167,7 +218,7 @@ def comparison_rows(
         rows.append({
             "strategy": name,
             "status": failures.get(name, "ok"),
-            "model": STRATEGIES[name].model,
+            "model": table[name].model,
             "params": params[name],
             "activation_peak_bytes": activation_peak(name, prof) if prof is not None else None,
             "peak_bytes": prof.peak_bytes if prof is not None else None,
@@ -177,7 +228,7 @@ def comparison_rows(
             "time_ratio_min": round(min(ratios[name]), 4) if name in ratios else None,
             "time_ratio_max": round(max(ratios[name]), 4) if name in ratios else None,
             "step_time_s": best.get(name),
-            "description": STRATEGIES[name].description,
+            "description": table[name].description,
         })
     plain = next(r for r in rows if r["strategy"] == ref)
     for r in rows:
@@ -187,12 +238,13 @@ def comparison_rows(
     return rows
 
 
-def comparison_notes(strategies: Sequence[str]) -> list[str]:
+def comparison_notes(strategies: Sequence[str], family: str = "vgg") -> list[str]:
     """Notes that depend on which strategies ran (offloading's activation peak, or its absence)."""
+    table = family_strategies(family)
     notes = []
-    if any(STRATEGIES[s].strategy is Strategy.OFFLOAD for s in strategies):
+    if any(table[s].strategy is Strategy.OFFLOAD for s in strategies):
         notes.append("offload: activation peak = GPU step peak minus parameters, gradients and optimizer state "
                      "(NOTE [ The activation peak of offloading ]); host memory is not counted.")
-    if not any(STRATEGIES[s].needs_cuda for s in strategies):
+    if not any(table[s].needs_cuda for s in strategies):
         notes.append("offload (save_on_cpu) is not shown: it needs --measure on a CUDA device.")
     return notes

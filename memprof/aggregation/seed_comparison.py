@@ -91,6 +91,14 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _with_design_note(row_name: str, detail: str) -> str:
+    """``detail`` plus the model's own reason for a design difference (models.SEED_DESIGN_NOTES)."""
+    from ..models import SEED_DESIGN_NOTES
+
+    note = next((v for k, v in SEED_DESIGN_NOTES.items() if row_name.rstrip("0123456789") == k), None)
+    return detail if note is None else f"{detail}: {note}"
+
+
 def compare_with_seed(rows: Sequence[TableRow], totals: Totals, seed: SeedTable) -> SeedComparison:
     """Align the deck's rows with memprof's and name the cause of every difference.
 
@@ -127,16 +135,20 @@ def compare_with_seed(rows: Sequence[TableRow], totals: Totals, seed: SeedTable)
     if omitted:
         gap_p, gap_a = seed.params - rows_params, seed.activations - rows_acts
         om_p, om_a = sum(r.params for r in omitted), sum(r.activations for r in omitted)
+        cause = "omitted row"
         if (gap_p, gap_a) == (om_p, om_a):
             why = (f"the deck's totals include it: they exceed the sum of the deck's rows by exactly the "
                    f"omitted rows ({gap_p:+,} parameters, {gap_a:+,} activations)")
+        elif (gap_p, gap_a) == (0, 0):
+            cause = "different design"
+            why = "memprof's model adds this layer: the deck's totals equal the sum of its rows, so its model has none"
         else:
             why = (f"the deck's totals exceed the sum of its rows by {gap_p:+,} parameters and "
                    f"{gap_a:+,} activations; the omitted rows hold {om_p:,} and {om_a:,}")
         for r in omitted:
             diffs.append(SeedDifference(None, r.name, r.layer, "row", "",
                                         f"{r.layer} {shape_text(r.output_shape)}: {r.params:,} params, {r.activations:,} act.",
-                                        "omitted row", why))
+                                        cause, _with_design_note(r.name, why)))
     diffs.extend(_check_printed_memory(seed))
     corrected = sum(_corrected_activations(r) for r in seed.rows)
     diffs.sort(key=lambda d: (_order(d, rows, seed)))
@@ -213,9 +225,9 @@ def _compare_row(i: int, seed: SeedTable, row: TableRow) -> list[SeedDifference]
     # parameters
     if s.params != row.params:
         delta = row.params - s.params
-        add("params", s.params, row.params, "different design",
-            f"memprof's {row.name} ({row.layer}) has {row.params:,} parameters, the deck's {s.layer} "
-            f"{s.params:,} ({delta:+,}, {100 * delta / s.params:+.2f}%)")
+        add("params", s.params, row.params, "different design", _with_design_note(
+            row.name, f"memprof's {row.name} ({row.layer}) has {row.params:,} parameters, the deck's {s.layer} "
+            f"{s.params:,} ({delta:+,}, {100 * delta / s.params:+.2f}%)"))
     # activations
     if s.activations != row.activations:
         own = math.prod(parse_shape(s.output_shape))

@@ -1,6 +1,7 @@
-"""``compare_strategies``: VGG-19's memory-saving strategies profiled and timed side by side.
+"""``compare_strategies``: a model family's memory-saving strategies profiled and timed side by side.
 
-Each strategy (:data:`memprof.aggregation.compare.STRATEGIES`) is profiled with
+Each strategy of the family (:data:`memprof.aggregation.compare.FAMILIES`: ``vgg``, VGG-19 and
+the reversible VGGs; ``vit``, ViT and Rev-ViT) is profiled with
 :func:`memprof.api.step.profile_step` (activation peak and step peak, estimated or measured)
 and timed for real, all strategies in one run, their steps interleaved round by round
 (:func:`memprof.recording.runner.time_steps`, NOTE [ Step times side by side ]) so that a
@@ -19,12 +20,12 @@ import torch
 from torch import nn
 
 from ..aggregation.compare import (
-    STRATEGIES,
     ComparisonData,
     Strategy,
     comparison_notes,
     comparison_rows,
     default_strategies,
+    family_strategies,
     list_strategies,
 )
 from ..errors import is_out_of_memory, out_of_memory
@@ -42,24 +43,26 @@ __all__ = ["CompareArgs", "build_strategy", "check_compare_args", "compare_strat
 INPUT_SHAPE = (3, 32, 32)
 
 
-def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
-    """Build the model a strategy trains (VGG-19's weights are the same for plain and wrappers).
+def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0, family: str = "vgg") -> nn.Module:
+    """Build the model a strategy trains (the reference's weights are the same for plain and wrappers).
 
     Args:
-        strategy: a name from :func:`~memprof.aggregation.compare.list_strategies`.
+        strategy: a name from :func:`~memprof.aggregation.compare.list_strategies` of ``family``.
         num_classes: classifier outputs.
         seed: seeds the weight initialisation.
+        family: ``vgg`` (VGG-19, Rev-VGG, i-Rev-VGG) or ``vit`` (ViT, Rev-ViT).
 
     Returns:
         A freshly initialised model in training mode.
 
     Raises:
-        UsageError: for an unknown strategy, listing the known ones.
+        UsageError: for an unknown strategy or family, listing the known ones.
     """
     from ..models import get_model
     from ..models.strategies import SaveOnCpu, checkpoint_sqrt, checkpoint_stages
 
-    info = STRATEGIES[check_choice("strategy", strategy, STRATEGIES)]
+    table = family_strategies(family)
+    info = table[check_choice("strategy", strategy, table)]
     torch.manual_seed(seed)
     model = get_model(info.model, num_classes=num_classes)
     if info.strategy is Strategy.CHECKPOINT_STAGES:
@@ -83,6 +86,7 @@ class CompareArgs:
     optimizer: str
     repeats: int
     timing: bool
+    family: str = "vgg"
 
 
 def check_compare_args(
@@ -94,6 +98,7 @@ def check_compare_args(
     optimizer: str = "sgd",
     repeats: Any = 5,
     timing: bool = True,
+    family: str = "vgg",
 ) -> CompareArgs:
     """Every check of :func:`compare_strategies`, in one place, before any work starts.
 
@@ -102,23 +107,27 @@ def check_compare_args(
     Raises:
         UsageError: naming the bad value and the allowed ones.
     """
+    table = family_strategies(family)
     mode = parse_mode(mode)
     if str(device).startswith("cuda") and not torch.cuda.is_available() and (timing or mode is Mode.MEASURED):
         raise UsageError(f"device {device!r} is not available here: step times and measured memory need it; "
                          "use --device cpu, or --estimate --no-time")
     step = check_step_args(batch_size, INPUT_SHAPE, optimizer, dtype, device, mode is Mode.ESTIMATED and not timing)
     repeats = check_positive_int("repeats", repeats)
-    names = default_strategies(mode, step.device) if strategies is None else parse_names(strategies, "strategy",
-                                                                                          list_strategies())
+    if strategies is None:
+        names = default_strategies(mode, step.device, family)
+    else:
+        names = parse_names(strategies, "strategy", list_strategies(family))
     for name in names:
-        if STRATEGIES[name].needs_cuda and (step.device.type != "cuda" or mode is not Mode.MEASURED):
-            allowed = ", ".join(default_strategies(mode, step.device))
+        if table[name].needs_cuda and (step.device.type != "cuda" or mode is not Mode.MEASURED):
+            allowed = ", ".join(default_strategies(mode, step.device, family))
             raise UsageError(
                 f"strategy {name!r} needs --measure on a CUDA device (save_on_cpu moves saved tensors "
                 f"from the GPU to the host; an estimate would count the host copies); allowed here: {allowed}")
     if Strategy.PLAIN.value not in names:
         names.insert(0, Strategy.PLAIN.value)
-    return CompareArgs(names, step.batch_size, mode, step.device, step.dtype, step.optimizer, repeats, bool(timing))
+    return CompareArgs(names, step.batch_size, mode, step.device, step.dtype, step.optimizer, repeats, bool(timing),
+                       family)
 
 
 def time_strategies(
@@ -183,7 +192,7 @@ def run_comparison(args: CompareArgs, *, progress: bool | None = False) -> Strat
     try:
         for name in args.strategies:
             bar.set_postfix_str(f"{name} memory")
-            models[name] = build_strategy(name)
+            models[name] = build_strategy(name, family=args.family)
             try:
                 profiles[name] = run_profile_step(models[name], step, name=name)
             except (RuntimeError, MemoryError) as exc:  # NOTE [ Out of memory is a result ]: a row, not a crash
@@ -202,10 +211,10 @@ def run_comparison(args: CompareArgs, *, progress: bool | None = False) -> Strat
     finally:
         bar.close()
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
-    rows = comparison_rows(args.strategies, profiles, params, times, failures)
+    rows = comparison_rows(args.strategies, profiles, params, times, failures, args.family)
     return StrategyComparison.from_data(ComparisonData(
         rows, args.batch_size, args.mode, str(args.device), dtype_name(args.dtype), args.optimizer, args.repeats,
-        comparison_notes(args.strategies), profiles))
+        comparison_notes(args.strategies, args.family), profiles, args.family))
 
 
 def compare_strategies(
@@ -219,8 +228,9 @@ def compare_strategies(
     repeats: int = 5,
     timing: bool = True,
     progress: bool | None = False,
+    family: str = "vgg",
 ) -> StrategyComparison:
-    """Profile and time VGG-19's memory-saving strategies side by side, in one run.
+    """Profile and time a model family's memory-saving strategies side by side, in one run.
 
     Args:
         strategies: names from :func:`~memprof.aggregation.compare.list_strategies`
@@ -236,6 +246,8 @@ def compare_strategies(
         repeats: timing rounds (NOTE [ Step times side by side ]).
         timing: measure step times (False: memory only, deterministic in estimated mode).
         progress: show a tqdm progress bar (None: only on a terminal).
+        family: ``vgg`` (VGG-19 plain and checkpointed, Rev-VGG, i-Rev-VGG) or ``vit`` (ViT
+            plain, checkpointed per block and every sqrt(n) units, Rev-ViT).
 
     Returns:
         The :class:`~memprof.rendering.compare.StrategyComparison`.
@@ -243,5 +255,5 @@ def compare_strategies(
     Raises:
         UsageError: for any bad argument, before any work starts.
     """
-    args = check_compare_args(strategies, batch_size, mode, device, dtype, optimizer, repeats, timing)
+    args = check_compare_args(strategies, batch_size, mode, device, dtype, optimizer, repeats, timing, family)
     return run_comparison(args, progress=progress)

@@ -1,4 +1,4 @@
-"""`memprof compare`: VGG-19's memory-saving strategies side by side, a table and a scatter plot."""
+"""`memprof compare`: a model family's memory-saving strategies side by side, a table and a scatter plot."""
 
 from __future__ import annotations
 
@@ -12,22 +12,28 @@ _FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
 
 
 #: one line for ``memprof --help`` (read without building this verb's parser)
-HELP = ("VGG-19's memory-saving strategies side by side: activation peak, step peak, step time, parameters")
+HELP = ("memory-saving strategies side by side (VGG-19, or --family vit): activation peak, step peak, step time, "
+        "parameters")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..aggregation.compare import list_strategies
+    from ..aggregation.compare import FAMILIES, list_strategies
 
     p = sub.add_parser(
         "compare",
         help=HELP,
         description="Profile every strategy (plain autograd, checkpointing per stage or every sqrt(n) layers, "
-        "the reversible Rev-VGG, the invertible i-Rev-VGG, and save_on_cpu offloading on a GPU) and time "
+        "the reversible Rev-VGG, the invertible i-Rev-VGG, and save_on_cpu offloading on a GPU; with --family vit "
+        "the same for ViT, checkpointed per block, and the reversible Rev-ViT) and time "
         "their training steps side by side in one run. Prints the table; writes OUT/compare.md and "
         "OUT/compare.png (memory against step time).",
     )
+    p.add_argument("--family", default="vgg", choices=list(FAMILIES),
+                   help="vgg: VGG-19 plain/checkpointed, Rev-VGG, i-Rev-VGG; vit: ViT plain/checkpointed per "
+                   "block/every sqrt(n), Rev-ViT (default: vgg)")
     p.add_argument("--strategies", default=None,
-                   help=f"comma-separated, from {', '.join(list_strategies())}; plain is always added as the "
+                   help=f"comma-separated, from {', '.join(list_strategies())} (vgg) or "
+                   f"{', '.join(list_strategies('vit'))} (vit); plain is always added as the "
                    "reference (default: all that run here; offload needs --measure on cuda)")
     p.add_argument("--batch-size", default="32", help="samples per step (default: 32)")
     group = p.add_mutually_exclusive_group()
@@ -54,12 +60,14 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = check_format(args.format)
     checked = check_compare_args(args.strategies, args.batch_size, args.mode, args.device, args.dtype,
-                                 args.optimizer, args.repeats, args.timing)
+                                 args.optimizer, args.repeats, args.timing, args.family)
     out = check_output_dir(args.out) if args.out is not None else None
     result = run_comparison(checked, progress=None)
     sys.stdout.write(result.render(fmt))
     if out is not None:
-        command = (f"memprof compare --strategies {','.join(checked.strategies)} --batch-size {checked.batch_size} "
+        family = "" if checked.family == "vgg" else f" --family {checked.family}"
+        command = (f"memprof compare{family} --strategies {','.join(checked.strategies)} "
+                   f"--batch-size {checked.batch_size} "
                    f"--{_FLAG[checked.mode]} --repeats {checked.repeats}{'' if args.timing else ' --no-time'} "
                    f"--device {args.device} --dtype {args.dtype} --optimizer {args.optimizer}")
         for path in write_compare_files(result, out, command):

@@ -1,4 +1,4 @@
-"""`memprof train`: train and evaluate on CIFAR-10 with the deck's recipe (single process or torchrun)."""
+"""`memprof train`: train and evaluate on CIFAR-10 or digits with the deck's recipe (single process or torchrun)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,21 @@ import sys
 
 
 #: one line for ``memprof --help`` (read without building this verb's parser)
-HELP = ("train/evaluate a model on CIFAR-10 with the deck's recipe (works under torchrun)")
+HELP = ("train/evaluate a model on CIFAR-10 (or scikit-learn's digits) with the deck's recipe (works under torchrun)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..models import list_models
     from ..train.config import DEVICES, AmpMode, TrainConfig
+    from ..train.data import DATASETS
 
     d = TrainConfig()
     p = sub.add_parser(
         "train",
         help=HELP,
         description=(
-            "Train MODEL on CIFAR-10 with SGD + momentum and a step learning-rate schedule (the deck: "
+            "Train MODEL on CIFAR-10 (or, with --dataset digits, scikit-learn's handwritten digits) with "
+            "SGD + momentum and a step learning-rate schedule (the deck: "
             "lr 0.1 divided by 10 every 50 epochs, 300 epochs), logging every epoch to "
             "OUT/train_log.csv and writing the deck's per-class precision/recall/F1 table and a "
             "confusion matrix to OUT/report/. Under `torchrun --nproc_per_node N -m memprof train` "
@@ -37,7 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"L2 weight decay; the deck gives none, 5e-4 is usual on CIFAR (default: {d.weight_decay})")
     p.add_argument("--lr-step", type=int, default=d.lr_step,
                    help=f"epochs between learning-rate decays (default: {d.lr_step})")
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help=f"raise the learning rate linearly over the first N epochs (default: {d.warmup_epochs}, none)")
     p.add_argument("--gamma", type=float, default=d.gamma, help=f"learning-rate decay factor (default: {d.gamma})")
+    p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
+                   help="cifar10, or digits: scikit-learn's 8x8 handwritten digits upsampled to 32x32, "
+                   f"offline, needs pip install scikit-learn (default: {d.dataset})")
     p.add_argument("--data", default=d.data_dir,
                    help=f"CIFAR-10 root, holding cifar-10-batches-py/ (default: {d.data_dir})")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=d.download,
@@ -77,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, lr_step=args.lr_step, gamma=args.gamma,
-        data_dir=args.data, download=args.download, synthetic=args.synthetic,
+        momentum=args.momentum, weight_decay=args.weight_decay, lr_step=args.lr_step,
+        warmup_epochs=args.warmup_epochs, gamma=args.gamma,
+        dataset=args.dataset, data_dir=args.data, download=args.download, synthetic=args.synthetic,
         synthetic_size=args.synthetic_size, device=args.device, amp=args.amp, reversible=args.reversible,
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         out_dir=args.out or f"runs/{args.model}", limit_batches=args.limit_batches,

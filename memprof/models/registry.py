@@ -7,18 +7,20 @@ the names back from :func:`list_models`, so a new model is wired in by being reg
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from ..errors import check_choice, check_positive_int
 from ..reversible import set_reversible
+from ..validation import UsageError, check_choice, check_positive_int
 
 __all__ = ["ModelInfo", "get_model", "get_model_info", "list_models", "register_model"]
 
-#: A builder takes the number of classes and returns a freshly initialised model.
-Builder = Callable[[int], nn.Module]
+#: A builder takes the number of classes (and maybe keyword options) and returns a fresh model.
+Builder = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def get_model_info(name: str) -> ModelInfo:
     return _MODELS[name]
 
 
-def get_model(name: str, num_classes: int = 10, reversible: bool = True) -> nn.Module:
+def get_model(name: str, num_classes: int = 10, reversible: bool = True, **options: Any) -> nn.Module:
     """Build the model registered under ``name``.
 
     Args:
@@ -102,14 +104,23 @@ def get_model(name: str, num_classes: int = 10, reversible: bool = True) -> nn.M
         reversible: with False, every ReversibleSequence in the model runs under ordinary
             autograd (it stores its activations). The architecture and the state dict are the
             same either way, so weights can be copied between the two twins.
+        **options: keyword arguments of the model's builder (``width``, ``depth``, ``heads``
+            ... for ``vit`` and ``revvit``); models without options accept none.
 
     Returns:
         A freshly initialised ``nn.Module`` in training mode.
 
     Raises:
         memprof.errors.UsageError: (a ValueError) for an unknown name (listing the known ones)
-            or a ``num_classes`` that is not a positive integer.
+            or a ``num_classes`` that is not a positive integer, or an option the builder
+            does not take (or rejects).
     """
     info = get_model_info(name)
     num_classes = check_positive_int("num_classes", num_classes)
-    return set_reversible(info.builder(num_classes), bool(reversible))
+    if options:
+        accepted = inspect.signature(info.builder).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            allowed = [n for n in accepted if n != "num_classes"]
+            raise UsageError(f"model {name!r} takes no option(s) {', '.join(sorted(options))}; "
+                             f"allowed: {', '.join(allowed) or 'none'}")
+    return set_reversible(info.builder(num_classes, **options), bool(reversible))

@@ -7,7 +7,9 @@ input and recomputes the rest during backward. The parameters are the model's ow
 wrapper holds the same modules), so the parameter count and the outputs do not change.
 
 - :func:`checkpoint_stages`: one segment per stage (the layers up to and including each
-  max-pool), the classifier head last: 5 checkpointed segments for VGG-19.
+  max-pool), the classifier head last: 5 checkpointed segments for VGG-19. For a ViT a stage
+  is one transformer block ("checkpoint per block"): the patch embedding and block 1, then
+  each further block, the head last.
 - :func:`checkpoint_sqrt`: ``ceil(sqrt(n))`` segments of about ``sqrt(n)`` units each (n
   units), the classic O(sqrt(n)) memory schedule of Chen et al. 2016, "Training Deep Nets with
   Sublinear Memory Cost" (what ``torch.utils.checkpoint.checkpoint_sequential`` does).
@@ -23,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .vgg import VGG
+from .vit import PatchEmbed, TokenHead, ViT, ViTBlock
 
 __all__ = [
     "CheckpointedSequential",
@@ -55,7 +58,8 @@ def flatten_layers(model: nn.Module) -> list[nn.Module]:
 
     Args:
         model: a :class:`memprof.models.VGG` (``features`` layers, a flatten, ``classifier``
-            layers) or any ``nn.Sequential`` (its children, recursively for nested Sequentials).
+            layers), a :class:`memprof.models.ViT` (patch embedding, blocks, head) or any
+            ``nn.Sequential`` (its children, recursively for nested Sequentials).
 
     Returns:
         The layers, sharing the model's modules (and so its parameters).
@@ -65,6 +69,8 @@ def flatten_layers(model: nn.Module) -> list[nn.Module]:
     """
     if isinstance(model, VGG):
         return [*flatten_layers(model.features), nn.Flatten(1), *flatten_layers(model.classifier)]
+    if isinstance(model, ViT):
+        return [model.patch_embed, *model.blocks, model.head]
     if type(model) is nn.Sequential:  # subclasses (RevVGG) may hold reversible sequences: kept whole
         out: list[nn.Module] = []
         for child in model:
@@ -72,7 +78,7 @@ def flatten_layers(model: nn.Module) -> list[nn.Module]:
         return out
     if isinstance(model, nn.Sequential):
         return list(model)
-    raise TypeError(f"cannot cut a {type(model).__name__} into layers; expected VGG or nn.Sequential")
+    raise TypeError(f"cannot cut a {type(model).__name__} into layers; expected VGG, ViT or nn.Sequential")
 
 
 def group_units(layers: Sequence[nn.Module]) -> list[list[nn.Module]]:
@@ -80,7 +86,9 @@ def group_units(layers: Sequence[nn.Module]) -> list[list[nn.Module]]:
 
     See NOTE [ Units: a layer and the in-place activation that overwrites it ].
     """
-    ends = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)
+    # A ViT's patch embedding, blocks and head are units of their own (they do nothing in place).
+    ends = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
+            PatchEmbed, ViTBlock, TokenHead)
     units: list[list[nn.Module]] = [[]]
     for layer in layers:
         units[-1].append(layer)
@@ -123,10 +131,12 @@ class CheckpointedSequential(nn.Module):
 
 
 def checkpoint_stages(model: nn.Module) -> CheckpointedSequential:
-    """Checkpoint every stage: a segment ends after each max-pool; the rest is the last segment.
+    """Checkpoint every stage: a segment ends after each max-pool (or transformer block).
+
+    The rest (VGG's classifier, a ViT's head) is the last, not checkpointed, segment.
 
     Args:
-        model: a VGG or ``nn.Sequential`` (see :func:`flatten_layers`).
+        model: a VGG, ViT or ``nn.Sequential`` (see :func:`flatten_layers`).
 
     Returns:
         The wrapper, sharing the model's parameters.
@@ -137,7 +147,7 @@ def checkpoint_stages(model: nn.Module) -> CheckpointedSequential:
     segments: list[list[nn.Module]] = [[]]
     for unit in group_units(flatten_layers(model)):
         segments[-1].extend(unit)
-        if isinstance(unit[-1], (nn.MaxPool2d, nn.AvgPool2d)):
+        if isinstance(unit[-1], (nn.MaxPool2d, nn.AvgPool2d, ViTBlock)):
             segments.append([])
     return CheckpointedSequential([nn.Sequential(*s) for s in segments if s])
 
@@ -146,8 +156,9 @@ def checkpoint_sqrt(model: nn.Module) -> CheckpointedSequential:
     """Checkpoint every ``sqrt(n)`` units: ``ceil(sqrt(n))`` segments of near-equal length.
 
     Args:
-        model: a VGG or ``nn.Sequential`` (see :func:`flatten_layers`); n counts its units
-            (:func:`group_units`: 25 for VGG-19, hence 5 segments of 5 units).
+        model: a VGG, ViT or ``nn.Sequential`` (see :func:`flatten_layers`); n counts its
+            units (:func:`group_units`: 25 for VGG-19, hence 5 segments of 5 units; 14 for
+            the 12-block ViT, hence 4 segments of 3-4 units).
 
     Returns:
         The wrapper, sharing the model's parameters.

@@ -19,6 +19,7 @@ __all__ = [
     "CFGS",
     "RevBlock",
     "RevVGG",
+    "SEED_DESIGN_NOTES",
     "VGG",
     "make_coupling_branch",
     "make_linear_branch",
@@ -137,8 +138,44 @@ def make_linear_branch(features: int) -> nn.Sequential:
     )
 
 
+# NOTE [ Normalisation in the main stream ]
+# The couplings normalise inside F and G, but nothing normalised the stream they add to: the
+# stem conv, the transition convs and the fully connected couplings saw whatever scale the
+# previous stage produced, and each coupling adds to it. Trained with the deck's recipe (lr 0.1,
+# momentum 0.9) on real data (scikit-learn's digits), Rev-VGG and its plain twin alike reached
+# a NaN loss in the second epoch, even at lr 0.05: an architectural problem, not the engine's.
+# The fix is the one RevNets and pre-activation ResNets use at their non-reversible joints:
+# - each RevBlock starts with a BatchNorm of its input (``norm``), before the transition conv:
+#   every stage then starts from a normalised stream, whatever the previous stage's couplings
+#   added. Before the conv rather than after it because the pooled input has half the channels
+#   of the conv's output: the BatchNorm and the conv then each keep a (c_in, H, W) tensor for
+#   backward, where conv + BatchNorm would keep (c_in, H, W) and (c_out, H, W). It adds 2 c_in
+#   parameters to each RevBlock (+128 / +256 / +512 / +1,024, at most 0.025% of its count).
+# - the linear block's input is normalised too: ``norm5``, a BatchNorm2d(512) of revblock4's
+#   (512, 2, 2) output, before pool5. (A BatchNorm1d after the flatten would see one value per
+#   channel at batch 1 and refuse to train there; on the 2x2 map it sees four. Max-pooling
+#   commutes with the per-channel affine map of an evaluation-mode BatchNorm of positive weight,
+#   so the two places compute nearly the same function.)
+# The stem keeps the deck's conv + ReLU: revblock1's BatchNorm normalises its pooled output
+# before any coupling adds to it. A BatchNorm right after the stem conv would keep the conv's
+# (64, 32, 32) output for backward, 256 KiB per sample, the largest tensor of the network.
+# The couplings keep starting as the identity (NOTE [ Couplings start as the identity ]).
+
+
+#: Why memprof's Rev-VGG differs from the deck's table, by row name (digits stripped): shown in
+#: the seed comparison of ``memprof table revvgg --seed-table`` and reports/revvgg.md.
+SEED_DESIGN_NOTES: dict[str, str] = {
+    "revblock": "a BatchNorm2d of the block's input before the transition conv (2 x in_channels parameters), "
+                "so that Rev-VGG trains with the deck's lr 0.1 (NOTE [ Normalisation in the main stream ])",
+    "norm": "a BatchNorm2d of revblock4's output before pool5 and the linear block, so that Rev-VGG trains "
+            "with the deck's lr 0.1 (NOTE [ Normalisation in the main stream ])",
+    "linear_block": "two couplings with F, G = Linear(256, 256) + ReLU + Linear(256, 256); the deck's count is "
+                    "that of the two Linear(512, 512) they replace",
+}
+
+
 class RevBlock(nn.Module):
-    """Rev-VGG's RevBlock: a channel-changing ``transition`` conv, then reversible ``couplings``.
+    """Rev-VGG's RevBlock: BatchNorm, a channel-changing ``transition`` conv, then reversible ``couplings``.
 
     Args:
         in_channels: channels entering the block.
@@ -149,6 +186,7 @@ class RevBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_couplings: int = REV_COUPLINGS) -> None:
         super().__init__()
         half = out_channels // 2
+        self.norm = nn.BatchNorm2d(in_channels)  # NOTE [ Normalisation in the main stream ]
         self.transition = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.couplings = ReversibleSequence(
             AdditiveCoupling(make_coupling_branch(half), make_coupling_branch(half))
@@ -163,7 +201,7 @@ class RevBlock(nn.Module):
         # extra activations per sample over the four blocks (+0.08 of VGG-19's saved bytes).
         # The couplings' F and G carry the nonlinearity; the transition is a linear change of
         # width, like the projection shortcut of a ResNet stage.
-        return self.couplings(self.transition(x))
+        return self.couplings(self.transition(self.norm(x)))
 
     def extra_repr(self) -> str:
         return f"{self.transition.in_channels}->{self.transition.out_channels}, couplings={len(self.couplings)}"
@@ -181,6 +219,8 @@ def _build_revvgg(cfg: list[int | str], num_classes: int) -> RevVGG:
     layers["pool1"] = nn.MaxPool2d(2, 2)
     for k, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
         layers[f"revblock{k}"] = RevBlock(c_in, c_out)
+        if k == len(widths) - 1:
+            layers[f"norm{k + 1}"] = nn.BatchNorm2d(c_out)  # NOTE [ Normalisation in the main stream ]
         layers[f"pool{k + 1}"] = nn.MaxPool2d(2, 2)
     width = widths[-1]
     layers["flatten"] = nn.Flatten(1)

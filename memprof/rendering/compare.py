@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..aggregation.compare import STRATEGIES, ComparisonData
+from ..aggregation.compare import FAMILY_TITLES, ComparisonData
 from ..units import format_bytes, format_count
 from ..vocabulary import Format, Mode
 from .plots import plot_strategies
@@ -29,7 +29,7 @@ class StrategyComparison(ComparisonData, Result):
     @property
     def title(self) -> str:
         """One line naming the settings."""
-        return (f"memprof compare: VGG-19 memory-saving strategies at batch {self.batch_size} "
+        return (f"memprof compare: {FAMILY_TITLES[self.family]} memory-saving strategies at batch {self.batch_size} "
                 f"({self.kind} memory, {self.device}, {self.dtype}, {self.optimizer})")
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -52,7 +52,7 @@ class StrategyComparison(ComparisonData, Result):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON structure: settings, rows, notes."""
-        return {"batch_size": self.batch_size, "mode": self.mode, "device": self.device, "dtype": self.dtype,
+        return {"family": self.family, "batch_size": self.batch_size, "mode": self.mode, "device": self.device, "dtype": self.dtype,
                 "optimizer": self.optimizer, "repeats": self.repeats, "rows": self.rows,
                 "notes": self.notes_text()}
 
@@ -73,8 +73,8 @@ class StrategyComparison(ComparisonData, Result):
                 ("step time", "time_ratio", lambda v: f"{v:.2f}x plain"),
                 ("parameters", "params", lambda v: f"{v:,}")]
         lines = []
-        ckpts = [s for s in by if STRATEGIES[s].family == "checkpointing"]
-        revs = [s for s in by if STRATEGIES[s].family == "reversible"]
+        ckpts = [s for s in by if self.strategies[s].family == "checkpointing"]
+        revs = [s for s in by if self.strategies[s].family == "reversible"]
         for c in ckpts:
             for r in revs:
                 wins, losses = [], []

@@ -24,6 +24,8 @@ REPORTS: dict[str, str] = {
     "sweep": "memprof.reports.sweep:write_sweep_reports",
     "compare": "memprof.reports.compare:write_compare_reports",
     "memory": "memprof.reports.memory:write_memory_report",
+    "transformers": "memprof.reports.transformers:write_transformer_reports",
+    "training": "memprof.reports.training:write_training_report",
     "readme": "memprof.reports.index:write_reports_index",  # keep last: it links what the others wrote
 }
 

@@ -25,6 +25,20 @@ REPORT_DESCRIPTIONS: dict[str, str] = {
     "compare.md": "VGG-19's memory-saving strategies side by side (checkpointing, reversible, invertible): "
                   "activation peak, step peak, step time as a ratio to plain autograd, parameters.",
     "compare.png": "the strategies as a scatter: memory against step time, one point per strategy.",
+    "training.md": "every model trained on scikit-learn's digits with the deck's recipe: accuracy, curves, "
+                   "peak memory, step time, reversible models beside their twins.",
+    "training.png": "training loss and test accuracy per epoch, every model.",
+}
+
+#: The transformer reports, listed in their own section of the index.
+TRANSFORMER_DESCRIPTIONS: dict[str, str] = {
+    "vit.md": "the pre-norm ViT's per-layer table (patch 4, 192 wide, 12 blocks, 3 heads).",
+    "vit.csv": "the same ViT table as CSV.",
+    "revvit.md": "Rev-ViT's per-layer table: the ViT's blocks as reversible couplings on two streams.",
+    "revvit.csv": "the same Rev-ViT table as CSV.",
+    "transformers.md": "ViT against Rev-ViT: activation peak over depth 6-48 at batch 128, and Rev-ViT's "
+                       "step time against its reversible=False twin.",
+    "transformers.png": "activation peak against depth, ViT and Rev-ViT.",
 }
 
 INDEX_NAME = "README.md"
@@ -37,7 +51,9 @@ def render_reports_index(files: list[str]) -> str:
     follow, listed by name.
     """
     known = [f for f in REPORT_DESCRIPTIONS if f in files]
-    other = sorted(f for f in files if f not in REPORT_DESCRIPTIONS and f != INDEX_NAME)
+    transformers = [f for f in TRANSFORMER_DESCRIPTIONS if f in files]
+    other = sorted(f for f in files if f not in REPORT_DESCRIPTIONS and f not in TRANSFORMER_DESCRIPTIONS
+                   and f != INDEX_NAME)
     lines = [
         provenance("memprof report readme"),
         "",
@@ -50,6 +66,9 @@ def render_reports_index(files: list[str]) -> str:
     ]
     lines += [f"- [{f}]({f}): {REPORT_DESCRIPTIONS[f]}" for f in known]
     lines += [f"- [{f}]({f})" for f in other]
+    if transformers:
+        lines += ["", "## Transformers", ""]
+        lines += [f"- [{f}]({f}): {TRANSFORMER_DESCRIPTIONS[f]}" for f in transformers]
     return "\n".join(lines) + "\n"
 
 

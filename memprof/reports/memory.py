@@ -1,5 +1,8 @@
 """``reports/memory.md``: whole-step memory of vgg19, revvgg and irevvgg, measured side by side.
 
+A last section sets vit and revvit side by side at depth 12 (estimated; the sweep over depth is
+``reports/transformers.md``, :mod:`memprof.reports.transformers`).
+
 Run by ``memprof report`` (registered as ``memory`` in :data:`memprof.reports.REPORTS`).
 Everything is measured in one process, one model after another, on one intra-op thread (on a
 shared machine two OpenMP threads make timings swing tenfold). Byte figures are deterministic:
@@ -25,6 +28,7 @@ from ..recording.threads import one_thread
 from ..units import format_bytes
 from ..vocabulary import Category
 from .files import atomic_write_text, provenance
+from .transformers import transformer_memory_section
 
 __all__ = ["BATCH_SIZE", "GAP_BOUND", "MODELS", "TARGETS", "deterministic_figures", "write_memory_report"]
 
@@ -99,6 +103,7 @@ def write_memory_report(out_dir: Path) -> list[Path]:
                 "checked by tests/test_estimate.py",
         "models": {n: deterministic_figures(p) for n, p in profiles.items()},
     }
+    text += "\n" + transformer_memory_section()
     out = Path(out_dir)
     return [
         atomic_write_text(out / "memory.md", text),

@@ -1,4 +1,4 @@
-"""``reports/<model>.md`` and ``.csv``: the per-layer tables of vgg19, revvgg and irevvgg."""
+"""``reports/<model>.md`` and ``.csv``: the per-layer tables of vgg19, revvgg, irevvgg, vit and revvit."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from .files import atomic_write_text, provenance
 __all__ = ["REPORT_MODELS", "write_table_reports"]
 
 #: The reports written by :func:`write_table_reports` (one Markdown and one CSV per model).
-REPORT_MODELS = ("vgg19", "revvgg", "irevvgg")
+REPORT_MODELS = ("vgg19", "revvgg", "irevvgg", "vit", "revvit")
 
 
 def write_table_reports(out_dir: Path) -> list[Path]:
-    """``reports/<model>.md`` and ``.csv`` for vgg19, revvgg and irevvgg (batch 128, float32).
+    """``reports/<model>.md`` and ``.csv`` for every model of :data:`REPORT_MODELS` (batch 128, float32).
 
     Returns:
         The paths written.

@@ -17,7 +17,7 @@ import torch
 
 from ..validation import UsageError, check_choice, check_output_dir, check_positive_int
 from .checkpoint import load_checkpoint
-from .data import check_data_dir
+from .data import check_dataset
 from .distributed import DistEnv, detect_dist_env
 
 __all__ = ["DEVICES", "AmpMode", "TrainConfig", "check_train_config"]
@@ -46,7 +46,10 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: L2 penalty (the deck gives none; 5e-4 is the usual CIFAR choice).
         lr_step: epochs between learning-rate decays (StepLR).
+        warmup_epochs: raise the learning rate linearly, step by step, from lr/steps to lr over
+            this many epochs (0: none, the deck's recipe); see NOTE [ Why VGG-19 starts slowly ].
         gamma: the decay factor.
+        dataset: ``cifar10`` or ``digits`` (scikit-learn's, offline; see ``memprof.train.data``).
         data_dir: CIFAR-10 root (``cifar-10-batches-py/`` inside).
         download: let torchvision download CIFAR-10 when absent.
         synthetic: train on torchvision's FakeData instead (offline; accuracy is meaningless).
@@ -73,7 +76,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_step: int = 50
+    warmup_epochs: int = 0
     gamma: float = 0.1
+    dataset: str = "cifar10"
     data_dir: str = "./data"
     download: bool = True
     synthetic: bool = False
@@ -130,10 +135,11 @@ def check_train_config(
 
     Raises:
         UsageError: naming the bad value and the allowed ones: non-positive epochs, batch size,
-            learning rate, lr step; momentum outside [0, 1); negative weight decay; unknown
-            model, device or amp mode; CUDA asked for without a GPU; fp16 on the CPU; a global
-            batch not divisible by the number of ranks; missing data with download off; a
-            resume file that is missing, not a checkpoint, or from a different model.
+            learning rate, lr step; momentum outside [0, 1); negative weight decay or warm-up
+            epochs; unknown model, device or amp mode; CUDA asked for without a GPU; fp16 on the
+            CPU; a global batch not divisible by the number of ranks; an unknown dataset, missing
+            CIFAR-10 data with download off, digits without scikit-learn; a resume file that is
+            missing, not a checkpoint, or from a different model.
     """
     env = env or detect_dist_env()
     c = TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig)})
@@ -147,6 +153,8 @@ def check_train_config(
     c.weight_decay = _check_float("weight decay", c.weight_decay, low=0.0, low_open=False,
                                   allowed="a number >= 0")
     c.lr_step = check_positive_int("lr step", c.lr_step)
+    if isinstance(c.warmup_epochs, bool) or not isinstance(c.warmup_epochs, int) or c.warmup_epochs < 0:
+        raise UsageError(f"warmup epochs must be an integer >= 0 (0: no warm-up), got {c.warmup_epochs!r}")
     c.gamma = _check_float("gamma", c.gamma, low=0.0, low_open=True, high=1.0, high_open=False,
                            allowed="in (0, 1]")
     if isinstance(c.checkpoint_every, bool) or not isinstance(c.checkpoint_every, int) or c.checkpoint_every < 0:
@@ -170,8 +178,7 @@ def check_train_config(
             f"batch size {c.batch_size} (the global batch) is not divisible by the {env.world_size} "
             f"processes; use a multiple of {env.world_size}"
         )
-    if not c.synthetic:
-        check_data_dir(c.data_dir, c.download)
+    check_dataset(c.dataset, c.data_dir, c.download, c.synthetic)
     out = Path(c.out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
@@ -184,8 +191,8 @@ def check_train_config(
 
 
 #: Settings that shape a run: resuming with another value is no exact continuation.
-RUN_SHAPING = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "gamma", "amp", "reversible", "seed",
-               "synthetic", "synthetic_size", "limit_batches", "num_classes")
+RUN_SHAPING = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "warmup_epochs", "gamma", "dataset", "amp",
+               "reversible", "seed", "synthetic", "synthetic_size", "limit_batches", "num_classes")
 
 
 def _check_resume_config(c: TrainConfig, ckpt: dict[str, Any]) -> None:

@@ -238,7 +238,8 @@ def _setup(c: TrainConfig, ckpt: dict[str, Any] | None, env: DistEnv, device: to
     show = c.progress and env.is_main
     if not env.is_main:
         barrier()
-    data = load_datasets(c.data_dir, synthetic=c.synthetic, download=c.download, synthetic_size=c.synthetic_size)
+    data = load_datasets(c.data_dir, dataset=c.dataset, synthetic=c.synthetic, download=c.download,
+                         synthetic_size=c.synthetic_size)
     if env.is_main:
         barrier()
     torch.manual_seed(c.seed)
@@ -295,6 +296,10 @@ def _train_epoch(run: _Run, epoch: int, criterion: nn.Module) -> _EpochStats:
             if c.limit_batches is not None and i >= c.limit_batches:
                 break
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            if epoch < c.warmup_epochs:  # linear warm-up of the step schedule's learning rate
+                frac = (epoch * run.n_train + i + 1) / (c.warmup_epochs * run.n_train)
+                for group in optimizer.param_groups:
+                    group["lr"] = c.lr * c.gamma ** (epoch // c.lr_step) * frac
             t0 = time.perf_counter()
             with autocast_context(c.amp, device):
                 out = run.ddp_model(xb)
@@ -430,7 +435,7 @@ def _final_report(run: _Run, last_eval: tuple[torch.Tensor, torch.Tensor], comma
         return report, []
     header = provenance(command or f"memprof.train.train(model={c.model!r})")
     note = " (synthetic data: FakeData, random labels; the accuracy means nothing)" if run.synthetic else ""
-    header += f"\nModel {c.model}, {len(last_eval[0])} test images{note}."
+    header += f"\nModel {c.model}, dataset {c.dataset}, {len(last_eval[0])} test images{note}."
     return report, report.write(Path(c.out_dir) / "report", header=header)
 
 

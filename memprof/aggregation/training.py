@@ -1,0 +1,115 @@
+"""Training runs side by side: each run's log as a :class:`TrainingRun`, and the figures of ``reports/training.md``.
+
+The report compares every model trained on scikit-learn's digits with the deck's recipe
+(:data:`RECIPE_COMMAND`): final and best test accuracy, the first epoch at or above
+:data:`TARGET`, the gap to the ``--no-reversible`` twin, peak memory and step time. The logs are
+read by :mod:`memprof.reports.training`; this module only computes (no file I/O).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["EPOCHS", "RECIPE_COMMAND", "TARGET", "RunSummary", "TrainingRun", "log_rows", "missing_models",
+           "summarise_runs", "unfinished_runs"]
+
+#: The recipe every run uses: the deck's (SGD, lr 0.1, momentum 0.9; lr / 10 every 50 of 300
+#: epochs), its first three phases scaled to 15 epochs (lr / 10 every 5), weight decay 5e-4.
+RECIPE_COMMAND = ("memprof train --dataset digits --model MODEL [--no-reversible] --epochs 15 --batch-size 64 "
+                  "--lr 0.1 --momentum 0.9 --weight-decay 5e-4 --lr-step 5 --out runs/digits/RUN")
+EPOCHS = 15
+#: Issue 15's bound: at least this test accuracy within :data:`EPOCHS` epochs.
+TARGET = 0.95
+#: Log columns that are not numbers.
+_TEXT_COLUMNS = ("peak_mem_source",)
+
+
+@dataclass
+class TrainingRun:
+    """One run's log: its name (the directory), and one dict per epoch (floats)."""
+
+    name: str
+    rows: list[dict[str, float]]
+    command: str | None = None
+
+    @property
+    def model(self) -> str:
+        """The model name (the run name without a ``-plain`` suffix)."""
+        return self.name.removesuffix("-plain")
+
+    @property
+    def reversible(self) -> bool:
+        """False for a ``-plain`` twin."""
+        return not self.name.endswith("-plain")
+
+    def column(self, key: str) -> list[float]:
+        """One column over the epochs."""
+        return [r[key] for r in self.rows]
+
+    def first_epoch_at(self, acc: float) -> int | None:
+        """The first epoch whose test accuracy is at least ``acc``."""
+        return next((int(r["epoch"]) for r in self.rows if r["test_acc"] >= acc), None)
+
+
+def log_rows(records: Iterable[Mapping[str, str | None]]) -> list[dict[str, float]]:
+    """``train_log.csv``'s rows (as ``csv.DictReader`` gives them) as floats; empty cells left out."""
+    return [{k: float(v) for k, v in r.items() if v not in ("", None) and k not in _TEXT_COLUMNS}
+            for r in records]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The figures of one run in the report's table.
+
+    Attributes:
+        run: the run.
+        epochs_run: the last logged epoch.
+        final_acc, best_acc: test accuracy after the last epoch, and the best over the epochs.
+        first_at_target: the first epoch at or above :data:`TARGET` (None: never).
+        final_loss: the last epoch's mean training loss.
+        twin_gap: (points, epoch): this run's test accuracy minus its twin's at the last epoch
+            both logged (None without a twin).
+        peak_bytes: the largest per-epoch peak memory of rank 0 (None when not logged).
+        median_step_s: the median over the epochs of the mean step time.
+    """
+
+    run: TrainingRun
+    epochs_run: int
+    final_acc: float
+    best_acc: float
+    first_at_target: int | None
+    final_loss: float
+    twin_gap: tuple[float, int] | None
+    peak_bytes: float | None
+    median_step_s: float
+
+
+def summarise_runs(runs: Sequence[TrainingRun]) -> list[RunSummary]:
+    """One :class:`RunSummary` per run, each reversible run set against its ``-plain`` twin."""
+    by_name = {r.name: r for r in runs}
+    out = []
+    for run in runs:
+        last = run.rows[-1]
+        twin = by_name.get(f"{run.name}-plain") if run.reversible else by_name.get(run.model)
+        gap = None
+        if twin is not None:
+            n = min(len(run.rows), len(twin.rows))
+            gap = ((run.rows[n - 1]["test_acc"] - twin.rows[n - 1]["test_acc"]) * 100, n)
+        peak = max(run.column("peak_mem_rank0_bytes")) if "peak_mem_rank0_bytes" in last else None
+        steps = sorted(run.column("step_time_s"))
+        out.append(RunSummary(run, int(last["epoch"]), last["test_acc"], max(run.column("test_acc")),
+                              run.first_epoch_at(TARGET), last["loss"], gap, peak, steps[len(steps) // 2]))
+    return out
+
+
+def unfinished_runs(runs: Sequence[TrainingRun], epochs: int = EPOCHS) -> list[str]:
+    """The runs whose log stops before ``epochs``."""
+    return [r.name for r in runs if int(r.rows[-1]["epoch"]) < epochs]
+
+
+def missing_models(runs: Sequence[TrainingRun], known: Iterable[str]) -> list[str]:
+    """The models of ``known`` with no run at all."""
+    trained: set[Any] = {r.model for r in runs}
+    return [m for m in known if m not in trained]

@@ -1,0 +1,192 @@
+"""vit and revvit: options and their checks, attention, twins, memory over depth, compare --family vit."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from memprof.aggregation.compare import list_strategies
+from memprof.api.compare import compare_strategies
+from memprof.api.transformers import depth_sweep
+from memprof.cli import main
+from memprof.errors import UsageError
+from memprof.models import get_model
+from memprof.models.strategies import checkpoint_sqrt, checkpoint_stages
+from memprof.models.vit import Attention, ViTBlock
+from memprof.recording.threads import one_thread
+from memprof.rendering.training import render_training_report
+from memprof.reports.training import read_training_runs
+from memprof.reversible import ReversibleSequence
+from tests.helpers import rel_err
+
+SMALL = dict(width=24, depth=3, heads=3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    with one_thread():
+        yield
+
+
+def count(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_defaults_and_options() -> None:
+    vit, rev = get_model("vit"), get_model("revvit")
+    assert count(vit) == count(rev) == 5_362_378
+    assert len(vit.blocks) == 12 and len(rev.blocks) == 12
+    assert vit.blocks[0].attn[1].heads == 3 and vit.patch_embed.proj.kernel_size == (4, 4)
+    assert isinstance(rev.blocks, ReversibleSequence)
+    small = get_model("revvit", num_classes=7, width=48, depth=2, heads=4, patch=8)
+    assert len(small.blocks) == 2 and small.head.fc.out_features == 7
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    # The same options give the same parameter names and shapes in both models' blocks.
+    a = [tuple(v.shape) for v in get_model("vit", **SMALL).blocks[0].state_dict().values()]
+    b = [tuple(v.shape) for v in get_model("revvit", **SMALL).blocks[0].state_dict().values()]
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (dict(width=100), "width 100 is not divisible by heads 3"),
+        (dict(image_size=30), "input size 30 is not divisible by the patch size 4"),
+        (dict(depth=0), "depth must be a positive integer, got 0"),
+        (dict(heads=2.5), "heads must be a positive integer"),
+        (dict(widht=96), "unknown ViT option"),
+    ],
+)
+@pytest.mark.parametrize("name", ["vit", "revvit"])
+def test_bad_options_are_usage_errors(name: str, options: dict, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        get_model(name, **options)
+
+
+def test_options_of_a_model_without_any() -> None:
+    with pytest.raises(ValueError, match="model 'vgg19' takes no option"):
+        get_model("vgg19", width=8)
+
+
+@pytest.mark.parametrize(("shape", "match"), [("3,30,30", "not divisible by the patch size 4"),
+                                               ("3,28,28", "differs from the model's image_size 32")])
+def test_cli_bad_input_size(shape: str, match: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["table", "revvit", "--input-shape", shape, "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err and match in err
+
+
+def test_attention_is_multi_head_softmax_attention() -> None:
+    torch.manual_seed(0)
+    attn = Attention(12, 3).double()
+    x = torch.randn(2, 5, 12, dtype=torch.float64)
+    q, k, v = attn.qkv(x).chunk(3, dim=-1)
+    heads = [torch.softmax(qh @ kh.transpose(1, 2) / math.sqrt(4), dim=-1) @ vh
+             for qh, kh, vh in zip(q.split(4, -1), k.split(4, -1), v.split(4, -1))]
+    expected = attn.proj(torch.cat(heads, dim=-1))
+    assert rel_err(attn(x), expected) < 1e-12
+
+
+def test_revvit_coupling_is_the_two_stream_block() -> None:
+    """Y1 = X1 + Attn(LN(X2)), Y2 = X2 + MLP(LN(Y1)), with the ViT block's own modules."""
+    torch.manual_seed(0)
+    rev = get_model("revvit", **SMALL).double()
+    c = rev.blocks[0]
+    x1, x2 = torch.randn(2, 2, 64, 24, dtype=torch.float64)
+    y1 = x1 + c.F(x2)
+    y2 = x2 + c.G(y1)
+    with torch.no_grad():
+        y = c(torch.cat([x1, x2], dim=2))
+        assert rel_err(y, torch.cat([y1, y2], dim=2)) < 1e-12
+        assert rel_err(c.inverse(y), torch.cat([x1, x2], dim=2)) < 1e-12
+    assert isinstance(c.F[0], nn.LayerNorm) and isinstance(c.F[1], Attention)
+    assert isinstance(c.G[0], nn.LayerNorm) and isinstance(c.G[2], nn.GELU)
+
+
+def test_revvit_twin_gradients_equal_in_float64() -> None:
+    torch.manual_seed(0)
+    rev = get_model("revvit", **SMALL).double()
+    plain = get_model("revvit", reversible=False, **SMALL).double()
+    plain.load_state_dict(rev.state_dict())
+    assert list(rev.state_dict()) == list(plain.state_dict())
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    grads = []
+    for m in (rev, plain):
+        xi = x.clone().requires_grad_(True)
+        nn.functional.cross_entropy(m(xi), torch.tensor([1, 2, 3])).backward()
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_checkpointed_vit_matches_plain() -> None:
+    torch.manual_seed(0)
+    vit = get_model("vit", **SMALL).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ref = vit(x)
+    ref.sum().backward()
+    g_ref = [p.grad.clone() for p in vit.parameters()]
+    for wrap in (checkpoint_stages, checkpoint_sqrt):
+        vit.zero_grad()
+        out = wrap(vit)(x)
+        out.sum().backward()
+        assert rel_err(out, ref) < 1e-12
+        assert all(rel_err(p.grad, g) < 1e-10 for p, g in zip(vit.parameters(), g_ref))
+    assert len(checkpoint_stages(vit).segments) == 3 + 1  # embed + block 1, blocks 2 and 3, head
+
+
+def test_revvit_activation_peak_is_flat_in_depth() -> None:
+    rows = depth_sweep((2, 4, 8), batch_size=4, width=24, heads=3)
+    rev = [r["revvit_activation_bytes"] for r in rows]
+    vit = [r["vit_activation_bytes"] for r in rows]
+    assert rev[0] == rev[1] == rev[2]
+    assert vit[0] < vit[1] < vit[2] and vit[2] > 2.5 * vit[0]
+    assert rows[-1]["activation_ratio"] < rows[0]["activation_ratio"] < 1
+
+
+def test_compare_family_vit() -> None:
+    assert list_strategies("vit") == ["plain", "checkpoint-stages", "checkpoint-sqrt", "reversible", "offload"]
+    result = compare_strategies(batch_size=4, family="vit", timing=False)
+    by = {r["strategy"]: r for r in result.rows}
+    assert set(by) == {"plain", "checkpoint-stages", "checkpoint-sqrt", "reversible"}
+    assert by["reversible"]["model"] == "revvit" and by["plain"]["model"] == "vit"
+    assert len({r["params"] for r in result.rows}) == 1
+    assert (by["reversible"]["activation_ratio"] < by["checkpoint-stages"]["activation_ratio"]
+            < by["checkpoint-sqrt"]["activation_ratio"] < 1)
+    assert result.title.startswith("memprof compare: ViT")
+    with pytest.raises(UsageError, match="unknown family 'resnet'; allowed: vgg, vit"):
+        compare_strategies(family="resnet", timing=False)
+    with pytest.raises(UsageError, match="unknown strategy 'invertible'"):
+        compare_strategies("invertible", family="vit", timing=False)
+
+
+def test_training_report_from_logs(tmp_path: Path) -> None:
+    header = "epoch,loss,train_acc,test_loss,test_acc,lr,step_time_s,epoch_time_s,steps,peak_mem_source,peak_mem_rank0_bytes"
+    logs = {"revvgg": [(1, 1.0, 0.90), (2, 0.5, 0.96)], "revvgg-plain": [(1, 1.1, 0.91), (2, 0.6, 0.955)],
+            "vgg19": [(1, 2.0, 0.5)]}
+    for name, rows in logs.items():
+        (tmp_path / name).mkdir()
+        lines = [header] + [f"{e},{loss},0.5,0.1,{acc},0.1,1.5,30,23,rss_epoch,{2**30}" for e, loss, acc in rows]
+        (tmp_path / name / "train_log.csv").write_text("\n".join(lines) + "\n")
+    runs = read_training_runs(tmp_path)
+    assert [r.name for r in runs] == ["revvgg", "revvgg-plain", "vgg19"]  # sorted by run name
+    assert runs[0].first_epoch_at(0.95) == 2 and runs[2].first_epoch_at(0.95) is None
+    text = render_training_report(runs, tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| revvgg ") and "| yes" in line)
+    assert "96.0%" in row and "+0.5 (epoch 2)" in row and "1024.00 MiB" in row
+    assert "Not trained yet: irevvgg, revvit, vit." in text
+    assert "Unfinished" in text and "vgg19" in text.split("Unfinished")[1].splitlines()[0]
+    assert "No runs found" in render_training_report([], tmp_path / "none")
+
+
+def test_vit_block_is_pre_norm() -> None:
+    torch.manual_seed(0)
+    block = ViTBlock(get_model("vit", **SMALL).cfg).double()
+    x = torch.randn(2, 64, 24, dtype=torch.float64)
+    h = x + block.attn[1](block.attn[0](x))
+    expected = h + block.mlp[1:](block.mlp[0](h))
+    assert rel_err(block(x), expected) < 1e-12
