@@ -31,6 +31,8 @@ _PUBLIC: dict[str, str] = {
     "SweepResult": "memprof.rendering.sweep",
     "TrackRecording": "memprof.rendering.tracked",
     "AdditiveCoupling": "memprof.reversible",
+    "AffineCoupling": "memprof.reversible",
+    "check_invertible": "memprof.reversible",
     "ChannelZeroPad": "memprof.reversible",
     "Invertible1x1Conv": "memprof.reversible",
     "InvertibleDownsample": "memprof.reversible",
@@ -59,10 +61,12 @@ if TYPE_CHECKING:  # pragma: no cover - what type checkers and IDEs see
     from .rendering.tracked import TrackRecording
     from .reversible import (
         AdditiveCoupling,
+        AffineCoupling,
         ChannelZeroPad,
         Invertible1x1Conv,
         InvertibleDownsample,
         ReversibleSequence,
+        check_invertible,
     )
     from .units import format_bytes, parse_bytes
     from .validation import UsageError
