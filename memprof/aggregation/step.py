@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..units import format_bytes
 from ..vocabulary import (
     PHASES,
     STATE_CATEGORIES,
@@ -193,7 +194,7 @@ def _estimated_cpu_peak(record: StepRecord, total: np.ndarray, step_start: int, 
     if where is not None and inside > out.peak:
         out.peak = inside
         out.notes.append(f"the estimated peak falls inside {where.op.replace('.default', '')} (kernel scratch "
-                         f"{where.scratch / 2**20:.2f} MiB: memprof.recording.workspace)")
+                         f"{format_bytes(where.scratch)}: memprof.recording.workspace)")
     for ph, row in phase_rows.items():
         inside_phase = max((kernels.peak_inside_ops(total, s, e)[0] for s, e in phases[ph]), default=0)
         row["peak_bytes"] = max(row["attributed_peak_bytes"] or 0, inside_phase)

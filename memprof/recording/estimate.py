@@ -171,7 +171,7 @@ class DeviceKernels(TorchDispatchMode):
 
         lines = [
             f"not modelled: the workspace of {op} ({calls} calls; largest call's tensors "
-            f"{format_bytes(at_stake, 'MiB')})" for op, (calls, at_stake) in sorted(self.unmodelled.items())
+            f"{format_bytes(at_stake)})" for op, (calls, at_stake) in sorted(self.unmodelled.items())
         ]
         return lines + sorted(self.approximations)
 
