@@ -36,6 +36,7 @@ from .cuda_allocator import (
     round_cuda_request,
     simulate_cuda_allocator,
 )
+from .tensors import NO_STORAGE
 from .workspace import NOT_MODELLED, find_output_rule, find_scratch_rule
 
 __all__ = [
@@ -189,7 +190,7 @@ def _flat_tensors(obj: Any) -> list[torch.Tensor]:
 def _storage_bytes(t: torch.Tensor) -> int:
     try:
         return int(t.untyped_storage().nbytes())
-    except (RuntimeError, NotImplementedError, TypeError):
+    except NO_STORAGE:
         return 0
 
 
@@ -199,13 +200,13 @@ def _new_storage_bytes(args: Any, kwargs: Any, out: Any) -> tuple[int, int]:
     for t in _flat_tensors(args) + _flat_tensors(kwargs):
         try:
             seen.add(t.untyped_storage()._cdata)
-        except (RuntimeError, NotImplementedError, TypeError):
+        except NO_STORAGE:
             pass
     total, count = 0, 0
     for t in _flat_tensors(out):
         try:
             st = t.untyped_storage()
-        except (RuntimeError, NotImplementedError, TypeError):
+        except NO_STORAGE:
             continue
         if st._cdata not in seen:
             seen.add(st._cdata)

@@ -65,6 +65,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..vocabulary import TrackMode
+from .tensors import NO_STORAGE
 
 __all__ = [
     "MemoryEvents",
@@ -168,7 +169,7 @@ class _OwnershipMode(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 try:
                     self.owned.append((now, t.untyped_storage().data_ptr()))
-                except (RuntimeError, NotImplementedError, TypeError):
+                except NO_STORAGE:
                     pass
         return out
 
@@ -206,7 +207,7 @@ def _storage(t: torch.Tensor) -> tuple[int, int] | None:
     try:
         st = t.untyped_storage()
         ptr = st.data_ptr()
-    except (RuntimeError, NotImplementedError, TypeError):
+    except NO_STORAGE:
         return None
     return (ptr, int(st.nbytes())) if ptr else None
 
