@@ -15,6 +15,7 @@ from torch import nn
 
 from memprof.api.track import track
 from memprof.recording.allocations import CpuAllocatorTracker
+from tests.helpers import Square
 
 Case = tuple[nn.Module, torch.optim.Optimizer, Callable[[], None]]
 Make = Callable[[], Case]
@@ -124,18 +125,6 @@ def lstm_lm() -> Case:
     return model, opt, step
 
 
-class _Square(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
-
-
 class _CustomFn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -143,7 +132,7 @@ class _CustomFn(nn.Module):
         self.b = nn.Linear(64, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(_Square.apply(self.a(x)))
+        return self.b(Square.apply(self.a(x)))
 
 
 def custom_function() -> Case:

@@ -17,6 +17,7 @@ from memprof.api.step import fit_batch_size, profile_step
 from memprof.recording.user_step import InputSpec, parse_input_spec, resize_batch
 from memprof.cli import main
 from memprof.errors import UsageError
+from tests.helpers import Square
 
 
 # ---- input specs ---------------------------------------------------------------------------
@@ -118,18 +119,6 @@ def lstm_lm():
             "optimizer": lambda params: torch.optim.RMSprop(params, lr=1e-3)}
 
 
-class _Square(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):  # type: ignore[override]
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
-
-
 class _TwoInputs(nn.Module):
     """A model taking two tensors, one of them through a custom autograd.Function."""
 
@@ -140,7 +129,7 @@ class _TwoInputs(nn.Module):
         self.head = nn.Linear(32, 4)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.head(_Square.apply(self.a(x)) + self.b(z))
+        return self.head(Square.apply(self.a(x)) + self.b(z))
 
 
 def custom_function():
