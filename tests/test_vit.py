@@ -190,3 +190,16 @@ def test_vit_block_is_pre_norm() -> None:
     h = x + block.attn[1](block.attn[0](x))
     expected = h + block.mlp[1:](block.mlp[0](h))
     assert rel_err(block(x), expected) < 1e-12
+
+
+def test_depth_sweep_text_states_growth_only_across_depths() -> None:
+    from memprof.rendering.transformers import render_depth_sweep
+
+    def row(depth: int, vit: int, rev: int) -> dict:
+        return {"depth": depth, "vit_activation_bytes": vit, "revvit_activation_bytes": rev,
+                "activation_ratio": rev / vit, "vit_peak_bytes": vit, "revvit_peak_bytes": rev}
+
+    one = render_depth_sweep([row(12, 100 << 20, 8 << 20)], 128)
+    assert "From depth" not in one and "One depth only" in one
+    two = render_depth_sweep([row(6, 50 << 20, 8 << 20), row(12, 100 << 20, 8 << 20)], 128)
+    assert "From depth 6 to 12 ViT's activation peak grows 2.00x and Rev-ViT's 1.00x" in two

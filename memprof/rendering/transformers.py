@@ -33,13 +33,16 @@ def render_depth_sweep(rows: list[dict[str, Any]], batch_size: int) -> str:
                       tablefmt="github", disable_numparse=True), ""]
     acts = [r["revvit_activation_bytes"] for r in rows]
     lo, hi = rows[0], rows[-1]
-    lines.append(
-        f"Batch {batch_size}, float32, SGD with momentum; estimated under FakeTensorMode. From depth "
-        f"{lo['depth']} to {hi['depth']} ViT's activation peak grows "
-        f"{hi['vit_activation_bytes'] / lo['vit_activation_bytes']:.2f}x "
-        f"and Rev-ViT's {max(acts) / min(acts):.2f}x (max over min): autograd keeps only the reversible "
-        "sequence's output, and backward rebuilds one coupling at a time, so what it holds does not grow "
-        "with depth.")
+    setting = f"Batch {batch_size}, float32, SGD with momentum; estimated under FakeTensorMode."
+    if len(rows) > 1:
+        lines.append(
+            f"{setting} From depth {lo['depth']} to {hi['depth']} ViT's activation peak grows "
+            f"{hi['vit_activation_bytes'] / lo['vit_activation_bytes']:.2f}x "
+            f"and Rev-ViT's {max(acts) / min(acts):.2f}x (max over min): autograd keeps only the reversible "
+            "sequence's output, and backward rebuilds one coupling at a time, so what it holds does not grow "
+            "with depth.")
+    else:
+        lines.append(f"{setting} One depth only: how the peaks grow with depth is in the depth sweep.")
     at12 = next((r for r in rows if r["depth"] == 12), None)
     if at12 is not None:
         ok = "meets" if at12["activation_ratio"] <= ACTIVATION_TARGET else "misses"
