@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -41,3 +42,16 @@ class Square(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         return 2 * x * grad
+
+
+class LSTMLM(nn.Module):
+    """A 2-layer LSTM language model on token ids (vocabulary 100): the track tests' user model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(100, 32)
+        self.lstm = nn.LSTM(32, 64, num_layers=2, batch_first=True)
+        self.head = nn.Linear(64, 100)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(self.emb(ids))[0])

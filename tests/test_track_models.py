@@ -15,7 +15,7 @@ from torch import nn
 
 from memprof.api.track import track
 from memprof.recording.allocations import CpuAllocatorTracker
-from tests.helpers import Square
+from tests.helpers import LSTMLM, Square
 
 Case = tuple[nn.Module, torch.optim.Optimizer, Callable[[], None]]
 Make = Callable[[], Case]
@@ -100,19 +100,8 @@ def bert() -> Case:
     return model, opt, step
 
 
-class _LSTMLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(100, 32)
-        self.lstm = nn.LSTM(32, 64, num_layers=2, batch_first=True)
-        self.head = nn.Linear(64, 100)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(self.emb(ids))[0])
-
-
 def lstm_lm() -> Case:
-    model = _LSTMLM()
+    model = LSTMLM()
     opt = torch.optim.Adam(model.parameters())
 
     def step() -> None:

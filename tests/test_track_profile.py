@@ -17,7 +17,7 @@ from memprof.api.step import fit_batch_size, profile_step
 from memprof.recording.user_step import InputSpec, parse_input_spec, resize_batch
 from memprof.cli import main
 from memprof.errors import UsageError
-from tests.helpers import Square
+from tests.helpers import LSTMLM, Square
 
 
 # ---- input specs ---------------------------------------------------------------------------
@@ -100,22 +100,11 @@ def bert():
             "optimizer": "adamw"}
 
 
-class _LSTMLM(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(100, 32)
-        self.lstm = nn.LSTM(32, 64, num_layers=2, batch_first=True)
-        self.head = nn.Linear(64, 100)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(self.emb(ids))[0])
-
-
 def lstm_lm():
     def loss_fn(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
 
-    return {"model": _LSTMLM(), "batch_size": 4, "inputs": torch.randint(100, (2, 16)), "loss_fn": loss_fn,
+    return {"model": LSTMLM(), "batch_size": 4, "inputs": torch.randint(100, (2, 16)), "loss_fn": loss_fn,
             "optimizer": lambda params: torch.optim.RMSprop(params, lr=1e-3)}
 
 
@@ -184,14 +173,14 @@ def test_model_rejecting_a_dtype_is_a_usage_error():
 
 
 def test_fit_with_token_inputs():
-    model = _LSTMLM()
+    model = LSTMLM()
     ids = [InputSpec("ids", torch.int64, (16,), 0, 100)]
     b, prof = fit_batch_size(model, 64 * 2**20, None, inputs=ids, optimizer="adamw")
     assert b > 0 and prof is not None and prof.peak_bytes <= 64 * 2**20
 
 
 def test_cli_input_specs(capsys):
-    code = main(["profile", "tests.test_track_profile:_LSTMLM", "--input", "ids:int64:16:100", "--batch-size", "4",
+    code = main(["profile", "tests.helpers:LSTMLM", "--input", "ids:int64:16:100", "--batch-size", "4",
                  "--optimizer", "adamw:lr=1e-4,weight_decay=0.1", "--estimate", "--format", "json"])
     assert code == 0
     import json
@@ -201,8 +190,8 @@ def test_cli_input_specs(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["profile", "tests.test_track_profile:_LSTMLM", "--input", "ids:int64"], "does not parse"),
-    (["profile", "tests.test_track_profile:_LSTMLM", "--input", "ids:float32:16"], "rejects"),
+    (["profile", "tests.helpers:LSTMLM", "--input", "ids:int64"], "does not parse"),
+    (["profile", "tests.helpers:LSTMLM", "--input", "ids:float32:16"], "rejects"),
     (["profile", "vgg19", "--optimizer", "lamb"], "unknown optimizer 'lamb'"),
     (["profile", "vgg19", "--optimizer", "adamw:lr"], "optimizer setting"),
     (["profile", "vgg19", "--autocast", "int8"], "dtype"),
