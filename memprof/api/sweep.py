@@ -27,7 +27,7 @@ from ..aggregation.sweep import (
 from ..errors import is_out_of_memory, out_of_memory
 from ..rendering.sweep import SweepResult
 from ..validation import parse_batch_sizes, parse_mode, parse_names
-from ..vocabulary import Mode, dtype_name
+from ..vocabulary import SWEEP_BATCH_SIZES, SWEEP_MODELS, Mode, dtype_name
 from .step import StepArgs, check_step_args, run_profile_step
 from .table import layer_table
 
@@ -42,9 +42,9 @@ __all__ = [
 ]
 
 #: The models swept by default; the first is the reference of the savings.
-DEFAULT_MODELS: tuple[str, ...] = ("vgg19", "revvgg", "irevvgg")
+DEFAULT_MODELS: tuple[str, ...] = SWEEP_MODELS
 #: The default batch sizes: a factor of 8 apart, 1 to 512 (12 estimates, under a minute on 2 cores).
-DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 8, 64, 512)
+DEFAULT_BATCH_SIZES: tuple[int, ...] = SWEEP_BATCH_SIZES
 
 
 @dataclass(frozen=True)

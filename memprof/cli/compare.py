@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..vocabulary import DTYPE_NAMES, FORMATS, Mode
+from ..vocabulary import COMPARE_FAMILIES, DTYPE_NAMES, FORMATS, Mode
 
 #: the flag that selects each mode
 _FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
@@ -17,8 +17,6 @@ HELP = ("memory-saving strategies side by side (VGG-19, or --family vit): activa
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..aggregation.compare import FAMILIES, list_strategies
-
     p = sub.add_parser(
         "compare",
         help=HELP,
@@ -28,12 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "their training steps side by side in one run. Prints the table; writes OUT/compare.md and "
         "OUT/compare.png (memory against step time).",
     )
-    p.add_argument("--family", default="vgg", choices=list(FAMILIES),
+    p.add_argument("--family", default="vgg", choices=list(COMPARE_FAMILIES),
                    help="vgg: VGG-19 plain/checkpointed, Rev-VGG, i-Rev-VGG; vit: ViT plain/checkpointed per "
                    "block/every sqrt(n), Rev-ViT (default: vgg)")
     p.add_argument("--strategies", default=None,
-                   help=f"comma-separated, from {', '.join(list_strategies())} (vgg) or "
-                   f"{', '.join(list_strategies('vit'))} (vit); plain is always added as the "
+                   help=f"comma-separated, from {', '.join(COMPARE_FAMILIES['vgg'])} (vgg) or "
+                   f"{', '.join(COMPARE_FAMILIES['vit'])} (vit); plain is always added as the "
                    "reference (default: all that run here; offload needs --measure on cuda)")
     p.add_argument("--batch-size", default="32", help="samples per step (default: 32)")
     group = p.add_mutually_exclusive_group()
@@ -54,11 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api.compare import check_compare_args, run_comparison
-    from ..reports.compare import write_compare_files
     from ..validation import check_format, check_output_dir
 
-    fmt = check_format(args.format)
+    fmt = check_format(args.format)  # before torch is imported (NOTE [ Starting without torch ])
+    from ..api.compare import check_compare_args, run_comparison
+    from ..reports.compare import write_compare_files
+
     checked = check_compare_args(args.strategies, args.batch_size, args.mode, args.device, args.dtype,
                                  args.optimizer, args.repeats, args.timing, args.family)
     out = check_output_dir(args.out) if args.out is not None else None

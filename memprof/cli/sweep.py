@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..vocabulary import DTYPE_NAMES, FORMATS, Mode
+from ..vocabulary import DTYPE_NAMES, FORMATS, SWEEP_BATCH_SIZES, SWEEP_MODELS, Mode
 
 #: the flag that selects each mode
 _FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
@@ -16,10 +16,8 @@ HELP = ("memory of models over batch sizes and the savings against the first; wr
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..api.sweep import DEFAULT_BATCH_SIZES, DEFAULT_MODELS
-
-    models = ",".join(DEFAULT_MODELS)
-    sizes = ",".join(map(str, DEFAULT_BATCH_SIZES))
+    models = ",".join(SWEEP_MODELS)
+    sizes = ",".join(map(str, SWEEP_BATCH_SIZES))
     p = sub.add_parser(
         "sweep",
         help=HELP,
@@ -47,11 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..api.sweep import check_sweep_args, run_sweep
-    from ..reports.sweep import write_sweep_files
     from ..validation import check_format, check_output_dir
 
-    fmt = check_format(args.format)
+    fmt = check_format(args.format)  # before torch is imported (NOTE [ Starting without torch ])
+    from ..api.sweep import check_sweep_args, run_sweep
+    from ..reports.sweep import write_sweep_files
+
     checked = check_sweep_args(args.models, args.batch_sizes, args.mode, args.device, args.dtype, args.optimizer)
     out = check_output_dir(args.out)
     result = run_sweep(checked, progress=None)
