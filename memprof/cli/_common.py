@@ -12,7 +12,8 @@ if TYPE_CHECKING:  # torch is imported when a model is loaded, not for --help
 
 from ..validation import UsageError, parse_input_shape
 
-__all__ = ["add_step_options", "build_model", "load_model", "model_help", "resolve_model", "step_options", "write_output"]
+__all__ = ["add_model_option", "add_step_options", "build_model", "load_model", "model_help", "model_options",
+           "resolve_model", "step_options", "write_output"]
 
 
 def model_help() -> str:
@@ -21,6 +22,53 @@ def model_help() -> str:
 
     return (f"a registered model ({', '.join(BUILTIN_MODELS)}, or one registered with register_model) or "
             "package.module:factory (a callable returning an nn.Module; needs --input-shape)")
+
+
+def add_model_option(p: Any) -> None:
+    """The repeatable ``--model-option NAME=VALUE``, its help naming every built-in model's options."""
+    from ..vocabulary import MODEL_OPTIONS
+
+    by_option: dict[str, list[str]] = {}
+    for model, options in MODEL_OPTIONS.items():
+        for name in options:
+            by_option.setdefault(name, []).append(model)
+    groups: list[tuple[list[str], list[str]]] = []  # (models, options) with the same models
+    for name, models in by_option.items():
+        if groups and groups[-1][0] == models:
+            groups[-1][1].append(name)
+        else:
+            groups.append((models, [name]))
+    defaults = {name: default for options in MODEL_OPTIONS.values() for name, default in options.items()}
+
+    def shown(name: str) -> str:
+        value = defaults[name]
+        return f"{name}={str(value).lower() if isinstance(value, bool) else value}"
+
+    groups.sort(key=lambda g: -len(g[1]))  # the longest list first: vit, revvit
+    listing = "; ".join(f"{', '.join(models)}: {', '.join(map(shown, names))}" for models, names in groups)
+    p.add_argument("--model-option", action="append", default=None, metavar="NAME=VALUE",
+                   help="an option of the registered model's builder, repeatable, e.g. --model-option depth=6 "
+                   f"(options and defaults: {listing}; reversible=false builds the plain-autograd twin) "
+                   "(default: the model's own)")
+
+
+def model_options(args: Any) -> dict[str, Any]:
+    """The ``--model-option`` values, checked by name and type without importing torch.
+
+    Raises:
+        memprof.validation.UsageError: for options given with a package.module:factory, or an
+            option the registered model does not take (or a value of the wrong type).
+    """
+    from ..validation import parse_model_options
+    from ..vocabulary import MODEL_OPTIONS
+
+    specs = getattr(args, "model_option", None)
+    if not specs:
+        return {}
+    if ":" in args.model:
+        raise UsageError(f"--model-option is for a registered model; {args.model!r} builds its own, "
+                         "so give the options to the factory")
+    return parse_model_options(specs, args.model, MODEL_OPTIONS.get(args.model, {}))
 
 
 def _call_factory(spec: str, obj: Any) -> Any:
@@ -49,17 +97,22 @@ def load_model(spec: str) -> str | nn.Module:
         memprof.validation.UsageError: for an unknown name (listing the registered ones), a
             module or attribute that cannot be imported, or a factory that returns no ``nn.Module``.
     """
+    if ":" not in spec:
+        # only memprof.models registers models: until it is imported, the names are the built-in ones
+        # (NOTE [ Starting without torch ] in memprof.vocabulary)
+        if "memprof.models" in sys.modules:
+            from ..models import list_models
+
+            known = list_models()
+        else:
+            from ..vocabulary import BUILTIN_MODELS
+
+            known = list(BUILTIN_MODELS)
+        if spec not in known:
+            raise UsageError(f"unknown model {spec!r}; allowed: {', '.join(known)} (or package.module:factory)")
+        return spec
     from torch import nn
 
-    from ..models import list_models
-
-    if ":" not in spec:
-        if spec not in list_models():
-            raise UsageError(
-                f"unknown model {spec!r}; allowed: {', '.join(list_models())} "
-                "(or package.module:factory)"
-            )
-        return spec
     module_name, _, attr = spec.partition(":")
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # as `python -m` and uvicorn do: import from here
@@ -75,29 +128,33 @@ def load_model(spec: str) -> str | nn.Module:
     return model
 
 
-def resolve_model(spec: str, input_shape: str | None,
-                  inputs_given: bool = False) -> tuple[str | nn.Module, str, tuple[int, ...] | None]:
+def resolve_model(spec: str, input_shape: str | None, inputs_given: bool = False,
+                  options: dict[str, Any] | None = None) -> tuple[str | nn.Module, str, tuple[int, ...] | None]:
     """(model or registered name, display name, input shape or None) for a name or a factory spec.
 
     A registered model is returned by name and built only by :func:`build_model`, after the
-    arguments have been checked.
+    arguments have been checked; its ``options`` (:func:`model_options`) are checked here, and
+    the display name shows them (``revvit (depth=6)``).
     """
     from ..models import get_model_info
+    from ..models.registry import check_model_options, model_label
 
     model = load_model(spec)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     if isinstance(model, str):
+        check_model_options(model, options)
+        name = model_label(model, options)
         if inputs_given:  # --input specs replace the registered model's input shape
-            return model, model, shape
-        return model, model, shape or tuple(get_model_info(model).input_shape)
+            return model, name, shape
+        return model, name, shape or tuple(get_model_info(model).input_shape)
     return model, spec, shape
 
 
-def build_model(model: str | nn.Module) -> nn.Module:
-    """The module for a registered name (or the module itself)."""
+def build_model(model: str | nn.Module, options: dict[str, Any] | None = None) -> nn.Module:
+    """The module for a registered name and its options (or the module itself)."""
     from ..models import get_model
 
-    return get_model(model) if isinstance(model, str) else model
+    return get_model(model, **(options or {})) if isinstance(model, str) else model
 
 
 def write_output(text: str, out: str | None) -> None:
