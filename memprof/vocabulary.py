@@ -20,6 +20,8 @@ __all__ = [
     "AMP_MODES",
     "BUILTIN_MODELS",
     "COMPARE_FAMILIES",
+    "COMPARE_FIXED_OPTIONS",
+    "COMPARE_REFERENCES",
     "MODEL_OPTIONS",
     "Strategy",
     "SWEEP_BATCH_SIZES",
@@ -183,6 +185,11 @@ COMPARE_FAMILIES: dict[str, tuple[str, ...]] = {
     "vgg": ("plain", "checkpoint-stages", "checkpoint-sqrt", "reversible", "invertible", "offload"),
     "vit": ("plain", "checkpoint-stages", "checkpoint-sqrt", "reversible", "offload"),
 }
+#: Each family's reference model (its ``plain`` strategy): the options a comparison accepts are its.
+COMPARE_REFERENCES: dict[str, str] = {"vgg": "vgg19", "vit": "vit"}
+#: Model options a comparison does not take: each strategy decides whether its model runs
+#: reversibly, and every strategy takes the same CIFAR-sized input.
+COMPARE_FIXED_OPTIONS: tuple[str, ...] = ("reversible", "image_size", "in_channels")
 
 #: ``memprof sweep``'s default models (the first is the reference) and batch sizes.
 SWEEP_MODELS: tuple[str, ...] = ("vgg19", "revvgg", "irevvgg")

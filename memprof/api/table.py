@@ -69,7 +69,7 @@ def _registered(model: str, input_shape: Any, depth: int | None,
     check_choice("model", model, list_models())
     check_model_options(model, options)
     info = get_model_info(model)
-    shape = parse_input_shape(input_shape) if input_shape is not None else tuple(info.input_shape)
+    shape = parse_input_shape(input_shape) if input_shape is not None else info.input_shape_for(options)
     seed, seed_note = get_seed_table(model), None
     if depth is None:
         depth = info.table_depth

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # torch is imported when a model is loaded, not for --help
 from ..validation import UsageError, parse_input_shape
 
 __all__ = ["add_model_option", "add_step_options", "build_model", "load_model", "model_help", "model_options",
-           "resolve_model", "step_options", "write_output"]
+           "resolve_model", "shared_model_options", "step_options", "write_output"]
 
 
 def model_help() -> str:
@@ -24,7 +24,7 @@ def model_help() -> str:
             "package.module:factory (a callable returning an nn.Module; needs --input-shape)")
 
 
-def add_model_option(p: Any) -> None:
+def add_model_option(p: Any, whose: str = "the registered model's") -> None:
     """The repeatable ``--model-option NAME=VALUE``, its help naming every built-in model's options."""
     from ..vocabulary import MODEL_OPTIONS
 
@@ -47,7 +47,7 @@ def add_model_option(p: Any) -> None:
     groups.sort(key=lambda g: -len(g[1]))  # the longest list first: vit, revvit
     listing = "; ".join(f"{', '.join(models)}: {', '.join(map(shown, names))}" for models, names in groups)
     p.add_argument("--model-option", action="append", default=None, metavar="NAME=VALUE",
-                   help="an option of the registered model's builder, repeatable, e.g. --model-option depth=6 "
+                   help=f"an option of {whose} builder, repeatable, e.g. --model-option depth=6 "
                    f"(options and defaults: {listing}; reversible=false builds the plain-autograd twin) "
                    "(default: the model's own)")
 
@@ -69,6 +69,24 @@ def model_options(args: Any) -> dict[str, Any]:
         raise UsageError(f"--model-option is for a registered model; {args.model!r} builds its own, "
                          "so give the options to the factory")
     return parse_model_options(specs, args.model, MODEL_OPTIONS.get(args.model, {}))
+
+
+def shared_model_options(specs: list[str] | None, models: str) -> dict[str, Any]:
+    """``--model-option`` values that every one of the comma-separated built-in ``models`` takes (no torch).
+
+    Raises:
+        memprof.validation.UsageError: for an unknown model, or an option one of them does not
+            take (naming that model), or a value of the wrong type.
+    """
+    from ..validation import parse_model_options, parse_names
+    from ..vocabulary import BUILTIN_MODELS, MODEL_OPTIONS
+
+    if not specs:
+        return {}
+    options: dict[str, Any] = {}
+    for name in parse_names(models, "model", BUILTIN_MODELS):
+        options = parse_model_options(specs, name, MODEL_OPTIONS[name])
+    return options
 
 
 def _call_factory(spec: str, obj: Any) -> Any:
@@ -146,7 +164,7 @@ def resolve_model(spec: str, input_shape: str | None, inputs_given: bool = False
         name = model_label(model, options)
         if inputs_given:  # --input specs replace the registered model's input shape
             return model, name, shape
-        return model, name, shape or tuple(get_model_info(model).input_shape)
+        return model, name, shape or get_model_info(model).input_shape_for(options)
     return model, spec, shape
 
 

@@ -17,7 +17,8 @@ from torch import nn
 from ..reversible import set_reversible
 from ..validation import UsageError, check_choice, check_positive_int
 
-__all__ = ["ModelInfo", "check_model_options", "get_model", "get_model_info", "list_models", "model_label", "register_model"]
+__all__ = ["ModelInfo", "check_model_options", "format_options", "get_model", "get_model_info", "list_models",
+           "model_label", "register_model"]
 
 #: A builder takes the number of classes (and maybe keyword options) and returns a fresh model.
 Builder = Callable[..., nn.Module]
@@ -38,6 +39,8 @@ class ModelInfo:
         check_options: ``check_options(options)`` raises UsageError for builder options that do
             not go together (a ViT width not divisible by its heads), without building; None:
             the builder's signature is the only check.
+        options_input_shape: ``options_input_shape(options)`` is one sample's input shape for
+            the model built with these options (None: ``input_shape`` whatever the options).
     """
 
     name: str
@@ -46,6 +49,14 @@ class ModelInfo:
     table_depth: int = 1
     description: str = ""
     check_options: Callable[[Mapping[str, Any]], Any] | None = None
+    options_input_shape: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None
+
+    def input_shape_for(self, options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+        """One sample's input shape for the model built with ``options`` (a ViT's ``image_size``)."""
+        builder_options = {k: v for k, v in (options or {}).items() if k != "reversible"}
+        if builder_options and self.options_input_shape is not None:
+            return tuple(self.options_input_shape(builder_options))
+        return tuple(self.input_shape)
 
 
 _MODELS: dict[str, ModelInfo] = {}
@@ -58,6 +69,7 @@ def register_model(
     table_depth: int = 1,
     description: str = "",
     check_options: Callable[[Mapping[str, Any]], Any] | None = None,
+    options_input_shape: Callable[[Mapping[str, Any]], tuple[int, ...]] | None = None,
 ) -> Callable[[Builder], Builder]:
     """Decorator registering ``builder(num_classes) -> nn.Module`` under ``name``.
 
@@ -67,6 +79,7 @@ def register_model(
         table_depth: default ``memprof table`` depth (see :class:`ModelInfo`).
         description: one line for listings.
         check_options: checks the builder's keyword options without building (see :class:`ModelInfo`).
+        options_input_shape: the input shape for given options (see :class:`ModelInfo`).
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -80,7 +93,8 @@ def register_model(
             raise ValueError(
                 f"a model named {name!r} is already registered; registered: {', '.join(list_models())}"
             )
-        _MODELS[name] = ModelInfo(name, builder, tuple(input_shape), table_depth, description, check_options)
+        _MODELS[name] = ModelInfo(name, builder, tuple(input_shape), table_depth, description, check_options,
+                                  options_input_shape)
         return builder
 
     return wrapper
@@ -159,9 +173,11 @@ def check_model_options(name: str, options: Mapping[str, Any] | None) -> dict[st
     return options
 
 
+def format_options(options: Mapping[str, Any]) -> str:
+    """Model options as the command line spells them: ``depth=6, reversible=false``."""
+    return ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(options.items()))
+
+
 def model_label(name: str, options: Mapping[str, Any] | None) -> str:
     """A registered name with its options: ``revvit (depth=6, reversible=false)``."""
-    if not options:
-        return name
-    shown = (f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(options.items()))
-    return f"{name} ({', '.join(shown)})"
+    return f"{name} ({format_options(options)})" if options else name
