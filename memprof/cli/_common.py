@@ -72,20 +72,24 @@ def model_options(args: Any) -> dict[str, Any]:
 
 
 def shared_model_options(specs: list[str] | None, models: str) -> dict[str, Any]:
-    """``--model-option`` values that every one of the comma-separated built-in ``models`` takes (no torch).
+    """``--model-option`` values that every one of the comma-separated ``models`` takes (no torch).
+
+    A name that is not a built-in model is left to the library's own check of the names.
 
     Raises:
-        memprof.validation.UsageError: for an unknown model, or an option one of them does not
-            take (naming that model), or a value of the wrong type.
+        memprof.validation.UsageError: for options given with a package.module:factory, or an
+            option one of the models does not take (naming that model), or a value of the wrong type.
     """
-    from ..validation import parse_model_options, parse_names
-    from ..vocabulary import BUILTIN_MODELS, MODEL_OPTIONS
+    from ..validation import parse_model_options
+    from ..vocabulary import MODEL_OPTIONS
 
-    if not specs:
-        return {}
     options: dict[str, Any] = {}
-    for name in parse_names(models, "model", BUILTIN_MODELS):
-        options = parse_model_options(specs, name, MODEL_OPTIONS[name])
+    for name in (n.strip() for n in str(models).split(",")) if specs else ():
+        if ":" in name:
+            raise UsageError(f"--model-option is for registered models; {name!r} builds its own, "
+                             "so give the options to the factory")
+        if name in MODEL_OPTIONS:
+            options = parse_model_options(specs, name, MODEL_OPTIONS[name])
     return options
 
 
@@ -125,7 +129,7 @@ def load_model(spec: str) -> str | nn.Module:
         else:
             from ..vocabulary import BUILTIN_MODELS
 
-            known = list(BUILTIN_MODELS)
+            known = sorted(BUILTIN_MODELS)  # as list_models() lists them
         if spec not in known:
             raise UsageError(f"unknown model {spec!r}; allowed: {', '.join(known)} (or package.module:factory)")
         return spec

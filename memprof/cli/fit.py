@@ -47,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = check_format(args.format, FORMATS)  # checks that need no torch first (NOTE [ Starting without torch ])
     budget = parse_memory(args.memory)
-    from ._common import build_model, model_options, resolve_model, step_options
+    from ._common import build_model, load_model, model_options, resolve_model, step_options
 
     options = model_options(args)
+    if ":" not in args.model:
+        load_model(args.model)  # an unknown name, before torch is imported
     from ..api.step import fit_batch
 
     step = step_options(args)
