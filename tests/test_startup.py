@@ -38,7 +38,7 @@ def run_memprof(*args: str, env: dict[str, str] | None = None) -> tuple[subproce
     full = dict(os.environ if env is None else env)
     full["PYTHONPATH"] = os.pathsep.join([str(ROOT), full.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     full["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-c", PROBE, *args], env=full, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], env=full, capture_output=True, text=True, check=False,
                           timeout=900)
     out, _, last = proc.stdout.rpartition("\nIMPORTED ")
     assert _ == "\nIMPORTED ", proc.stdout[-2000:] + proc.stderr[-2000:]

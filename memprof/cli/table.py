@@ -8,7 +8,6 @@ from typing import Any
 from ..vocabulary import BUILTIN_MODELS, DTYPE_NAMES, FORMATS, TABLE_DEVICES
 from ._cache import cache_dir, cache_enabled, cache_key, read_cached, write_cached
 
-
 #: one line for ``memprof --help`` (read without building this verb's parser)
 HELP = ("per-layer table: shapes, #params, #activations (deck convention) and the bytes "
         "autograd saves per layer")
@@ -61,7 +60,12 @@ def _resolve_builtin(args: argparse.Namespace, fmt: str, options: dict[str, Any]
     answered at once with the same line; the result keys the cache (NOTE [ The result cache ]
     in :mod:`memprof.cli._cache`).
     """
-    from ..validation import check_choice, check_non_negative_int, check_positive_int, parse_input_shape
+    from ..validation import (
+        check_choice,
+        check_non_negative_int,
+        check_positive_int,
+        parse_input_shape,
+    )
     from ._common import load_model
 
     if ":" in args.model:
