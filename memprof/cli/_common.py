@@ -12,8 +12,8 @@ if TYPE_CHECKING:  # torch is imported when a model is loaded, not for --help
 
 from ..validation import UsageError, parse_input_shape
 
-__all__ = ["add_model_option", "add_step_options", "build_model", "load_model", "model_help", "model_options",
-           "resolve_model", "shared_model_options", "step_options", "write_output"]
+__all__ = ["add_model_option", "add_step_options", "build_model", "check_without_torch", "load_model", "model_help",
+           "model_options", "resolve_model", "shared_model_options", "step_options", "write_output"]
 
 
 def model_help() -> str:
@@ -69,6 +69,31 @@ def model_options(args: Any) -> dict[str, Any]:
         raise UsageError(f"--model-option is for a registered model; {args.model!r} builds its own, "
                          "so give the options to the factory")
     return parse_model_options(specs, args.model, MODEL_OPTIONS.get(args.model, {}))
+
+
+def check_without_torch(args: Any) -> None:
+    """The checks of a verb's plain options that need no torch, run before the library is imported.
+
+    The library checks the same values again, with the same functions and so the same messages
+    (NOTE [ Starting without torch ] in :mod:`memprof.vocabulary`): a typo is answered at once.
+    Only the options the verb has are checked: ``--batch-size``, ``--batch-sizes``, ``--dtype``,
+    ``--optimizer`` (its name), ``--repeats`` and ``--strategies``.
+    """
+    from ..validation import check_choice, check_positive_int, parse_batch_sizes, parse_names
+    from ..vocabulary import COMPARE_FAMILIES, DTYPE_NAMES, OPTIMIZERS
+
+    if getattr(args, "batch_size", None) is not None:
+        check_positive_int("batch size", args.batch_size)
+    if getattr(args, "batch_sizes", None) is not None:
+        parse_batch_sizes(args.batch_sizes)
+    if getattr(args, "optimizer", None) is not None and isinstance(args.optimizer, str):
+        check_choice("optimizer", args.optimizer.partition(":")[0], OPTIMIZERS)
+    if getattr(args, "dtype", None) is not None:
+        check_choice("dtype", args.dtype, DTYPE_NAMES)
+    if getattr(args, "repeats", None) is not None:
+        check_positive_int("repeats", args.repeats)
+    if getattr(args, "strategies", None) is not None and getattr(args, "family", None) in COMPARE_FAMILIES:
+        parse_names(args.strategies, "strategy", COMPARE_FAMILIES[args.family])
 
 
 def shared_model_options(specs: list[str] | None, models: str) -> dict[str, Any]:

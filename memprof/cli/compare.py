@@ -72,10 +72,12 @@ def _options(family: str) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     from ..validation import check_format, check_output_dir, parse_model_options
+    from ._common import check_without_torch
 
     fmt = check_format(args.format)  # before torch is imported (NOTE [ Starting without torch ])
     reference = COMPARE_REFERENCES[args.family]
     options = parse_model_options(args.model_option, reference, _options(args.family))
+    check_without_torch(args)
     from ..api.compare import check_compare_args, run_comparison
     from ..reports.compare import write_compare_files
 

@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     depth = None if args.depth is None else check_non_negative_int("--depth", args.depth)
     if args.timeline is not None:
         check_output_file(args.timeline, suffix=".png", what="--timeline")
-    from ._common import build_model, load_model, model_options, resolve_model, step_options
+    from ._common import build_model, check_without_torch, load_model, model_options, resolve_model, step_options
 
+    check_without_torch(args)
     options = model_options(args)
     if ":" not in args.model:
         load_model(args.model)  # an unknown name, before torch is imported

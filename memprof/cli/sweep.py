@@ -49,9 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..validation import check_format, check_output_dir
-    from ._common import shared_model_options
+    from ._common import check_without_torch, shared_model_options
 
     fmt = check_format(args.format)  # before torch is imported (NOTE [ Starting without torch ])
+    check_without_torch(args)
     options = shared_model_options(args.model_option, args.models)
     from ..api.sweep import check_sweep_args, run_sweep
     from ..reports.sweep import write_sweep_files
