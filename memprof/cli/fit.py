@@ -47,7 +47,14 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = check_format(args.format, FORMATS)  # checks that need no torch first (NOTE [ Starting without torch ])
     budget = parse_memory(args.memory)
-    from ._common import build_model, check_without_torch, load_model, model_options, resolve_model, step_options
+    from ._common import (
+        build_model,
+        check_without_torch,
+        load_model,
+        model_options,
+        resolve_model,
+        step_options,
+    )
 
     check_without_torch(args)
     options = model_options(args)

@@ -7,7 +7,6 @@ import sys
 
 from ..vocabulary import DTYPE_NAMES, FORMATS
 
-
 #: one line for ``memprof --help`` (read without building this verb's parser)
 HELP = ("memory of one training step: allocator peak, breakdown at the peak, module peaks")
 
@@ -56,7 +55,14 @@ def run(args: argparse.Namespace) -> int:
     depth = None if args.depth is None else check_non_negative_int("--depth", args.depth)
     if args.timeline is not None:
         check_output_file(args.timeline, suffix=".png", what="--timeline")
-    from ._common import build_model, check_without_torch, load_model, model_options, resolve_model, step_options
+    from ._common import (
+        build_model,
+        check_without_torch,
+        load_model,
+        model_options,
+        resolve_model,
+        step_options,
+    )
 
     check_without_torch(args)
     options = model_options(args)
