@@ -6,6 +6,10 @@ and its wall time. The table gives the range over the rounds and the ratio of ea
 median CPU time to ``import torch`` in a fresh interpreter: a command under 1.0 does not pay
 for torch.
 
+``memprof table vgg19`` runs twice: cold (``--no-cache``: records the forward, imports torch)
+and cached (from a result cache warmed once before the rounds, in a temporary directory;
+NOTE [ The result cache ] in ``memprof/cli/_cache.py``).
+
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/startup.py [--rounds 5]
@@ -16,26 +20,32 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+MEMPROF = [sys.executable, "-m", "memprof"]
+VERBS = ("table", "profile", "fit", "sweep", "compare", "train", "report", "run")
 
 #: label -> argv (run with this checkout first on PYTHONPATH)
 COMMANDS: dict[str, list[str]] = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "python -c 'import torch'": [sys.executable, "-c", "import torch"],
     "python -c 'import memprof'": [sys.executable, "-c", "import memprof"],
-    "memprof --help": [sys.executable, "-m", "memprof", "--help"],
-    "memprof profile --help": [sys.executable, "-m", "memprof", "profile", "--help"],
-    "memprof profile vgg19 --format yaml (error)": [sys.executable, "-m", "memprof", "profile", "vgg19",
-                                                    "--format", "yaml"],
-    "memprof fit vgg19 --memory -5GiB (error)": [sys.executable, "-m", "memprof", "fit", "vgg19", "--memory",
-                                                 "-5GiB"],
-    "memprof table vgg19": [sys.executable, "-m", "memprof", "table", "vgg19"],
+    "memprof --help": [*MEMPROF, "--help"],
+    **{f"memprof {verb} --help": [*MEMPROF, verb, "--help"] for verb in VERBS},
+    "memprof profile vgg19 --format yaml (error)": [*MEMPROF, "profile", "vgg19", "--format", "yaml"],
+    "memprof fit vgg19 --memory -5GiB (error)": [*MEMPROF, "fit", "vgg19", "--memory", "-5GiB"],
+    "memprof table vgg19 --batch-size 0 (error)": [*MEMPROF, "table", "vgg19", "--batch-size", "0"],
+    "memprof train --amp fp8 (error)": [*MEMPROF, "train", "--amp", "fp8"],
+    "memprof table vgg19 (cold: --no-cache)": [*MEMPROF, "table", "vgg19", "--no-cache"],
+    "memprof table vgg19 (cached)": [*MEMPROF, "table", "vgg19"],
 }
 REFERENCE = "python -c 'import torch'"
 
@@ -56,13 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds, each running every command once (default: 5)")
     args = parser.parse_args(argv)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("MEMPROF_NO_CACHE", None)
+    env["MEMPROF_CACHE_DIR"] = tempfile.mkdtemp(prefix="memprof-startup-cache-")
+    subprocess.run(COMMANDS["memprof table vgg19 (cached)"], env=env, stdout=subprocess.DEVNULL, check=True)  # warm
     cpu: dict[str, list[float]] = {k: [] for k in COMMANDS}
     wall: dict[str, list[float]] = {k: [] for k in COMMANDS}
-    for _ in range(args.rounds):
-        for label, command in COMMANDS.items():
-            c, w = run_once(command, env)
-            cpu[label].append(c)
-            wall[label].append(w)
+    try:
+        for _ in range(args.rounds):
+            for label, command in COMMANDS.items():
+                c, w = run_once(command, env)
+                cpu[label].append(c)
+                wall[label].append(w)
+    finally:
+        shutil.rmtree(env["MEMPROF_CACHE_DIR"], ignore_errors=True)
     ref = statistics.median(cpu[REFERENCE])
     width = max(map(len, COMMANDS))
     print(f"startup, {args.rounds} interleaved rounds, fresh process each; CPU = user + system of the child")

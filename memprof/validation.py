@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "parse_input_shape",
     "parse_memory",
     "parse_mode",
+    "parse_model_options",
     "parse_names",
 ]
 
@@ -187,6 +188,70 @@ def parse_names(value: str | Sequence[str], what: str, allowed: Sequence[str]) -
     if dup:
         raise UsageError(f"{what} {dup[0]!r} is listed twice in {value!r}")
     return parts
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _option_value(model: str, name: str, text: str, default: Any) -> Any:
+    """One option's value read as its default's type (bool, positive int, float or string)."""
+    what = f"model option {name}={text!r} of {model!r}"
+    if isinstance(default, bool):
+        if text.lower() not in _TRUE + _FALSE:
+            raise UsageError(f"{what} must be true or false")
+        return text.lower() in _TRUE
+    if isinstance(default, int):
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{what} must be a positive integer (default: {default})") from None
+        if value <= 0:
+            raise UsageError(f"{what} must be a positive integer (default: {default})")
+        return value
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise UsageError(f"{what} must be a number (default: {default})") from None
+    return text
+
+
+def parse_model_options(specs: Sequence[str] | Mapping[str, Any] | None, model: str,
+                        accepted: Mapping[str, Any]) -> dict[str, Any]:
+    """``["depth=6", "reversible=false"]`` -> ``{"depth": 6, "reversible": False}``, checked by name and type.
+
+    Only the names and the types are checked here (no torch); the builder checks how the values
+    go together (a ViT width divisible by its heads) through
+    :func:`memprof.models.registry.check_model_options` before anything is built.
+
+    Args:
+        specs: ``NAME=VALUE`` strings (the CLI's repeatable ``--model-option``), or a mapping of
+            values already typed; None or empty: no options.
+        model: the registered model's name, for the messages.
+        accepted: option name -> default (:data:`memprof.vocabulary.MODEL_OPTIONS`); a value
+            is read as its default's type.
+
+    Returns:
+        The options, in the order given.
+
+    Raises:
+        UsageError: for a string not of the form NAME=VALUE, an option the model does not take
+            (listing the ones it takes), an option given twice, or a value of the wrong type.
+    """
+    options: dict[str, Any] = {}
+    items = list(specs.items()) if isinstance(specs, Mapping) else [(None, s) for s in specs or ()]
+    for name, spec in items:
+        if name is None:
+            name, sep, spec = str(spec).partition("=")
+            name = name.strip()
+            if not sep or not name or not spec.strip():
+                raise UsageError(f"model option {str(name) + sep + str(spec)!r} must be NAME=VALUE, e.g. depth=6")
+        if name not in accepted:
+            raise UsageError(f"model {model!r} has no option {name!r}; allowed: {', '.join(accepted) or 'none'}")
+        if name in options:
+            raise UsageError(f"model option {name!r} is given twice")
+        options[name] = _option_value(model, name, spec.strip(), accepted[name]) if isinstance(spec, str) else spec
+    return options
 
 
 # NOTE [ Batch-size progressions ]

@@ -17,7 +17,18 @@ if TYPE_CHECKING:  # NOTE [ Starting without torch ]: the words are plain string
 __all__ = [
     "Category",
     "Word",
+    "AMP_MODES",
     "BUILTIN_MODELS",
+    "COMPARE_FAMILIES",
+    "COMPARE_FIXED_OPTIONS",
+    "COMPARE_REFERENCES",
+    "MODEL_OPTIONS",
+    "Strategy",
+    "SWEEP_BATCH_SIZES",
+    "SWEEP_MODELS",
+    "TRAIN_DATASETS",
+    "TRAIN_DEFAULTS",
+    "TRAIN_DEVICES",
     "DTYPES",
     "DTYPE_NAMES",
     "Format",
@@ -138,7 +149,63 @@ DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 #: The registered models memprof ships (``memprof.models.list_models()`` holds them and any
 #: registered later); here so that ``--help`` names them without importing torch.
-BUILTIN_MODELS: tuple[str, ...] = ("vgg19", "revvgg", "irevvgg")
+BUILTIN_MODELS: tuple[str, ...] = ("vgg19", "revvgg", "irevvgg", "vit", "revvit")
+
+#: The ViT builders' options and defaults (``memprof.models.vit.ViTConfig``'s fields).
+_VIT_OPTIONS: dict[str, Any] = {"width": 192, "depth": 12, "heads": 3, "patch": 4, "mlp_ratio": 4,
+                                "image_size": 32, "in_channels": 3}
+
+#: Built-in model -> the options ``get_model(name, **options)`` takes, with their defaults (the
+#: CLI's ``--model-option NAME=VALUE``; a value is read as the default's type). ``reversible``
+#: (False: the plain-autograd twin, same weights) is offered where the model has reversible
+#: sequences. ``tests/test_startup.py`` holds this table to the builders.
+MODEL_OPTIONS: dict[str, dict[str, Any]] = {
+    "vgg19": {},
+    "revvgg": {"reversible": True},
+    "irevvgg": {"reversible": True},
+    "vit": dict(_VIT_OPTIONS),
+    "revvit": {**_VIT_OPTIONS, "reversible": True},
+}
+
+
+class Strategy(Word):
+    """The memory-saving strategies ``memprof compare`` knows (string values, so a typo fails loudly)."""
+
+    PLAIN = "plain"
+    CHECKPOINT_STAGES = "checkpoint-stages"
+    CHECKPOINT_SQRT = "checkpoint-sqrt"
+    REVERSIBLE = "reversible"
+    INVERTIBLE = "invertible"
+    OFFLOAD = "offload"
+
+
+#: Model family of ``memprof compare --family`` -> its strategies in display order; the first
+#: family is the default (``memprof.aggregation.compare.FAMILIES`` describes each strategy).
+COMPARE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "vgg": ("plain", "checkpoint-stages", "checkpoint-sqrt", "reversible", "invertible", "offload"),
+    "vit": ("plain", "checkpoint-stages", "checkpoint-sqrt", "reversible", "offload"),
+}
+#: Each family's reference model (its ``plain`` strategy): the options a comparison accepts are its.
+COMPARE_REFERENCES: dict[str, str] = {"vgg": "vgg19", "vit": "vit"}
+#: Model options a comparison does not take: each strategy decides whether its model runs
+#: reversibly, and every strategy takes the same CIFAR-sized input.
+COMPARE_FIXED_OPTIONS: tuple[str, ...] = ("reversible", "image_size", "in_channels")
+
+#: ``memprof sweep``'s default models (the first is the reference) and batch sizes.
+SWEEP_MODELS: tuple[str, ...] = ("vgg19", "revvgg", "irevvgg")
+SWEEP_BATCH_SIZES: tuple[int, ...] = (1, 8, 64, 512)
+
+#: ``memprof train``'s choices and defaults (``memprof.train.config.TrainConfig``'s, the deck's
+#: recipe), here so that ``memprof train --help`` names them without importing torch.
+TRAIN_DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
+TRAIN_DATASETS: tuple[str, ...] = ("cifar10", "digits")
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": "revvgg", "epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
+    "lr_step": 50, "warmup_epochs": 0, "gamma": 0.1, "dataset": "cifar10", "data_dir": "./data",
+    "download": True, "synthetic_size": 512, "device": "auto", "amp": "off", "reversible": True,
+    "checkpoint_every": 0, "num_workers": 0, "seed": 0,
+}
 
 
 # NOTE [ Starting without torch ]

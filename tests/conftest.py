@@ -34,3 +34,10 @@ def golden(request: pytest.FixtureRequest):
         assert text == expected, f"{path} differs from the output; if the change is intended, run pytest --update-golden"
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def _no_result_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test computes its results: the CLI's result cache (memprof.cli._cache) is off unless a
+    test turns it on (tests/test_startup.py does, with its own directory)."""
+    monkeypatch.setenv("MEMPROF_NO_CACHE", "1")

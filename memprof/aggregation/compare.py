@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..validation import check_choice
-from ..vocabulary import Mode, Word
+from ..vocabulary import Mode, Strategy
 
 if TYPE_CHECKING:
     from .step import StepProfileData
@@ -49,17 +49,6 @@ __all__ = [
     "family_strategies",
     "list_strategies",
 ]
-
-
-class Strategy(Word):
-    """The strategies :func:`compare_strategies` knows (string values, so a typo fails loudly)."""
-
-    PLAIN = "plain"
-    CHECKPOINT_STAGES = "checkpoint-stages"
-    CHECKPOINT_SQRT = "checkpoint-sqrt"
-    REVERSIBLE = "reversible"
-    INVERTIBLE = "invertible"
-    OFFLOAD = "offload"
 
 
 @dataclass(frozen=True)

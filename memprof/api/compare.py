@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from ..recording.runner import StepSetup, make_optimizer, run_step, time_steps
 from ..rendering.compare import StrategyComparison
 from ..rendering.step import StepProfile
 from ..validation import UsageError, check_choice, check_positive_int, parse_mode, parse_names
-from ..vocabulary import Mode, dtype_name
+from ..vocabulary import COMPARE_FIXED_OPTIONS, Mode, dtype_name
 from .step import StepArgs, check_step_args, run_profile_step
 
 __all__ = ["CompareArgs", "build_strategy", "check_compare_args", "compare_strategies", "run_comparison",
@@ -43,7 +43,8 @@ __all__ = ["CompareArgs", "build_strategy", "check_compare_args", "compare_strat
 INPUT_SHAPE = (3, 32, 32)
 
 
-def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0, family: str = "vgg") -> nn.Module:
+def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0, family: str = "vgg",
+                   model_options: Mapping[str, Any] | None = None) -> nn.Module:
     """Build the model a strategy trains (the reference's weights are the same for plain and wrappers).
 
     Args:
@@ -51,6 +52,8 @@ def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0, family: 
         num_classes: classifier outputs.
         seed: seeds the weight initialisation.
         family: ``vgg`` (VGG-19, Rev-VGG, i-Rev-VGG) or ``vit`` (ViT, Rev-ViT).
+        model_options: options of the strategy's model builder (``depth``, ``width`` ... of the
+            ViTs), checked by :func:`check_compare_args`.
 
     Returns:
         A freshly initialised model in training mode.
@@ -64,7 +67,7 @@ def build_strategy(strategy: str, num_classes: int = 10, seed: int = 0, family: 
     table = family_strategies(family)
     info = table[check_choice("strategy", strategy, table)]
     torch.manual_seed(seed)
-    model = get_model(info.model, num_classes=num_classes)
+    model = get_model(info.model, num_classes=num_classes, **(model_options or {}))
     if info.strategy is Strategy.CHECKPOINT_STAGES:
         return checkpoint_stages(model)
     if info.strategy is Strategy.CHECKPOINT_SQRT:
@@ -87,6 +90,7 @@ class CompareArgs:
     repeats: int
     timing: bool
     family: str = "vgg"
+    model_options: dict[str, Any] = field(default_factory=dict)
 
 
 def check_compare_args(
@@ -99,10 +103,12 @@ def check_compare_args(
     repeats: Any = 5,
     timing: bool = True,
     family: str = "vgg",
+    model_options: Mapping[str, Any] | None = None,
 ) -> CompareArgs:
     """Every check of :func:`compare_strategies`, in one place, before any work starts.
 
-    ``plain`` is the reference of every ratio: it is put first when not listed.
+    ``plain`` is the reference of every ratio: it is put first when not listed. Every strategy's
+    model must take every one of ``model_options``.
 
     Raises:
         UsageError: naming the bad value and the allowed ones.
@@ -126,8 +132,19 @@ def check_compare_args(
                 f"from the GPU to the host; an estimate would count the host copies); allowed here: {allowed}")
     if Strategy.PLAIN.value not in names:
         names.insert(0, Strategy.PLAIN.value)
+    options = dict(model_options or {})
+    if options:
+        from ..models.registry import check_model_options
+
+        for option in options:
+            if option in COMPARE_FIXED_OPTIONS:
+                raise UsageError(f"model option {option!r} is not for compare: each strategy decides how its "
+                                 f"model runs, on {','.join(map(str, INPUT_SHAPE))} inputs; allowed: those of "
+                                 f"{family_strategies(family)['plain'].model} but {', '.join(COMPARE_FIXED_OPTIONS)}")
+        for model in dict.fromkeys(table[name].model for name in names):
+            check_model_options(model, options)
     return CompareArgs(names, step.batch_size, mode, step.device, step.dtype, step.optimizer, repeats, bool(timing),
-                       family)
+                       family, options)
 
 
 def time_strategies(
@@ -192,7 +209,7 @@ def run_comparison(args: CompareArgs, *, progress: bool | None = False) -> Strat
     try:
         for name in args.strategies:
             bar.set_postfix_str(f"{name} memory")
-            models[name] = build_strategy(name, family=args.family)
+            models[name] = build_strategy(name, family=args.family, model_options=args.model_options)
             try:
                 profiles[name] = run_profile_step(models[name], step, name=name)
             except (RuntimeError, MemoryError) as exc:  # NOTE [ Out of memory is a result ]: a row, not a crash
@@ -212,9 +229,15 @@ def run_comparison(args: CompareArgs, *, progress: bool | None = False) -> Strat
         bar.close()
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     rows = comparison_rows(args.strategies, profiles, params, times, failures, args.family)
+    notes = comparison_notes(args.strategies, args.family)
+    if args.model_options:
+        from ..models.registry import format_options
+
+        notes.append(f"Every model built with {format_options(args.model_options)}; the descriptions give "
+                     "the defaults.")
     return StrategyComparison.from_data(ComparisonData(
         rows, args.batch_size, args.mode, str(args.device), dtype_name(args.dtype), args.optimizer, args.repeats,
-        comparison_notes(args.strategies, args.family), profiles, args.family))
+        notes, profiles, args.family))
 
 
 def compare_strategies(
@@ -229,6 +252,7 @@ def compare_strategies(
     timing: bool = True,
     progress: bool | None = False,
     family: str = "vgg",
+    model_options: Mapping[str, Any] | None = None,
 ) -> StrategyComparison:
     """Profile and time a model family's memory-saving strategies side by side, in one run.
 
@@ -248,6 +272,8 @@ def compare_strategies(
         progress: show a tqdm progress bar (None: only on a terminal).
         family: ``vgg`` (VGG-19 plain and checkpointed, Rev-VGG, i-Rev-VGG) or ``vit`` (ViT
             plain, checkpointed per block and every sqrt(n) units, Rev-ViT).
+        model_options: options of every strategy's model builder, e.g. ``{"depth": 6}`` for
+            the ViTs (not ``reversible``, ``image_size`` or ``in_channels``).
 
     Returns:
         The :class:`~memprof.rendering.compare.StrategyComparison`.
@@ -255,5 +281,6 @@ def compare_strategies(
     Raises:
         UsageError: for any bad argument, before any work starts.
     """
-    args = check_compare_args(strategies, batch_size, mode, device, dtype, optimizer, repeats, timing, family)
+    args = check_compare_args(strategies, batch_size, mode, device, dtype, optimizer, repeats, timing, family,
+                              model_options)
     return run_comparison(args, progress=progress)

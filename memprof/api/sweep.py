@@ -9,8 +9,8 @@ are computed by :mod:`memprof.aggregation.sweep`, the result renders itself
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from ..aggregation.sweep import (
 from ..errors import is_out_of_memory, out_of_memory
 from ..rendering.sweep import SweepResult
 from ..validation import parse_batch_sizes, parse_mode, parse_names
-from ..vocabulary import Mode, dtype_name
+from ..vocabulary import SWEEP_BATCH_SIZES, SWEEP_MODELS, Mode, dtype_name
 from .step import StepArgs, check_step_args, run_profile_step
 from .table import layer_table
 
@@ -42,9 +42,9 @@ __all__ = [
 ]
 
 #: The models swept by default; the first is the reference of the savings.
-DEFAULT_MODELS: tuple[str, ...] = ("vgg19", "revvgg", "irevvgg")
+DEFAULT_MODELS: tuple[str, ...] = SWEEP_MODELS
 #: The default batch sizes: a factor of 8 apart, 1 to 512 (12 estimates, under a minute on 2 cores).
-DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 8, 64, 512)
+DEFAULT_BATCH_SIZES: tuple[int, ...] = SWEEP_BATCH_SIZES
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class SweepArgs:
     device: torch.device
     dtype: torch.dtype
     optimizer: str
+    model_options: dict[str, Any] = field(default_factory=dict)
 
 
 def check_sweep_args(
@@ -66,19 +67,26 @@ def check_sweep_args(
     device: str = "cpu",
     dtype: str = "float32",
     optimizer: str = "sgd",
+    model_options: Mapping[str, Any] | None = None,
 ) -> SweepArgs:
     """Every check of :func:`sweep`, in one place, before any work starts.
+
+    Every model must take every one of ``model_options``.
 
     Raises:
         UsageError: naming the bad value and the allowed ones.
     """
     from ..models import list_models
+    from ..models.registry import check_model_options
 
     names = parse_names(models, "model", list_models())
+    options = dict(model_options or {})
+    for name in names:
+        check_model_options(name, options)
     sizes = parse_batch_sizes(batch_sizes)
     checked_mode = parse_mode(mode)
     step = check_step_args(1, (3, 32, 32), optimizer, dtype, device, checked_mode is Mode.ESTIMATED)
-    return SweepArgs(names, sizes, checked_mode, step.device, step.dtype, step.optimizer)
+    return SweepArgs(names, sizes, checked_mode, step.device, step.dtype, step.optimizer, options)
 
 
 def _free_memory(device: torch.device) -> None:
@@ -91,9 +99,9 @@ def _measure_row(name: str, model: torch.nn.Module, b: int, args: SweepArgs) -> 
     """The four figures of one (model, batch size): its table's totals and its step's profile."""
     from ..models import get_model_info
 
-    table = layer_table(name, batch_size=b, dtype=dtype_name(args.dtype))
-    step = StepArgs(b, tuple(get_model_info(name).input_shape), args.optimizer, args.dtype, args.device,
-                    args.mode is Mode.ESTIMATED)
+    table = layer_table(name, batch_size=b, dtype=dtype_name(args.dtype), model_options=args.model_options)
+    shape = get_model_info(name).input_shape_for(args.model_options)
+    step = StepArgs(b, shape, args.optimizer, args.dtype, args.device, args.mode is Mode.ESTIMATED)
     return row_figures(table.totals, run_profile_step(model, step, name=name))
 
 
@@ -102,7 +110,7 @@ def _sweep_model(name: str, args: SweepArgs, bar: Any) -> list[dict[str, Any]]:
     from ..models import get_model
 
     torch.manual_seed(0)
-    model = get_model(name)
+    model = get_model(name, **args.model_options)
     rows, failed = [], False
     for b in args.batch_sizes:
         bar.set_postfix_str(f"{name} batch {b}")
@@ -138,6 +146,10 @@ def run_sweep(args: SweepArgs, *, progress: bool | None = True) -> SweepResult:
     notes = []
     if args.mode is Mode.MEASURED and args.device.type == "cpu":
         notes.append("Measured on the CPU: peaks are the c10 CPU allocator's (torch.profiler memory events).")
+    if args.model_options:
+        from ..models.registry import format_options
+
+        notes.append(f"Every model built with {format_options(args.model_options)}.")
     return SweepResult.from_data(SweepData(rows, args.models, args.batch_sizes, args.mode, str(args.device),
                                            dtype_name(args.dtype), args.optimizer, notes))
 
@@ -151,6 +163,7 @@ def sweep(
     dtype: str = "float32",
     optimizer: str = "sgd",
     progress: bool | None = True,
+    model_options: Mapping[str, Any] | None = None,
 ) -> SweepResult:
     """Memory of each model at each batch size, and the savings against the first model.
 
@@ -167,6 +180,7 @@ def sweep(
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         optimizer: ``sgd`` (momentum 0.9, the deck's) or ``adam``.
         progress: show a tqdm progress bar on stderr (None: only on a terminal).
+        model_options: options of every model's builder (``{"depth": 6}`` for ``vit,revvit``).
 
     Returns:
         The :class:`~memprof.rendering.sweep.SweepResult`.
@@ -174,4 +188,5 @@ def sweep(
     Raises:
         UsageError: for any bad argument, before any work starts.
     """
-    return run_sweep(check_sweep_args(models, batch_sizes, mode, device, dtype, optimizer), progress=progress)
+    return run_sweep(check_sweep_args(models, batch_sizes, mode, device, dtype, optimizer, model_options),
+                     progress=progress)

@@ -10,7 +10,7 @@ tabulates) and returns the renderable :class:`~memprof.rendering.layer_table.Lay
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ class TableArgs:
     """Checked arguments of :func:`layer_table`.
 
     ``model`` is the registered name, or None for a module the caller passes to
-    :func:`run_layer_table`.
+    :func:`run_layer_table`; ``model_options`` are its builder's options, as sorted pairs.
     """
 
     model: str | None
@@ -50,21 +50,35 @@ class TableArgs:
     device: str
     seed: SeedTable | None
     seed_note: str | None
+    model_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def model_label(self) -> str | None:
+        """The registered name with its options, as the table's title shows it: ``revvit (depth=6)``."""
+        from ..models.registry import model_label
+
+        return None if self.model is None else model_label(self.model, dict(self.model_options))
 
 
-def _registered(model: str, input_shape: Any, depth: int | None) -> tuple[tuple[int, ...], int | None, SeedTable | None, str | None]:
+def _registered(model: str, input_shape: Any, depth: int | None,
+                options: Mapping[str, Any]) -> tuple[tuple[int, ...], int | None, SeedTable | None, str | None]:
     """Input shape, depth, seed table and the note on a missing seed comparison of a registered model."""
     from ..models import get_model_info, list_models
+    from ..models.registry import check_model_options
 
     check_choice("model", model, list_models())
+    check_model_options(model, options)
     info = get_model_info(model)
-    shape = parse_input_shape(input_shape) if input_shape is not None else tuple(info.input_shape)
+    shape = parse_input_shape(input_shape) if input_shape is not None else info.input_shape_for(options)
     seed, seed_note = get_seed_table(model), None
     if depth is None:
         depth = info.table_depth
     elif seed is not None and depth != info.table_depth:
         seed_note = (f"No seed comparison: the deck's table is at the default depth "
                      f"{info.table_depth}, this table at depth {depth}.")
+        seed = None
+    if seed is not None and options:
+        seed_note = "No seed comparison: the deck's table is for the model without options."
         seed = None
     if seed is not None and shape != (3, 32, 32):
         seed_note = f"No seed comparison: the deck's table is for (3,32,32) inputs, not {shape_text([shape])}."
@@ -79,13 +93,14 @@ def check_table_args(
     dtype: Any = "float32",
     depth: Any = None,
     device: str = "meta",
+    model_options: Mapping[str, Any] | None = None,
 ) -> TableArgs:
     """Every check of :func:`layer_table`, in one place, before any work starts.
 
     Args:
         model: a registered name, an ``nn.Module``, or None for a module that is not built yet
             (the CLI's ``package.module:factory``).
-        input_shape, batch_size, dtype, depth, device: as for :func:`layer_table`.
+        input_shape, batch_size, dtype, depth, device, model_options: as for :func:`layer_table`.
 
     Returns:
         The checked :class:`TableArgs`.
@@ -102,8 +117,12 @@ def check_table_args(
     if depth is not None:
         depth = check_non_negative_int("depth", depth)
     if isinstance(model, str):
-        shape, depth, seed, seed_note = _registered(model, input_shape, depth)
-        return TableArgs(model, shape, batch_size, DTYPES[name_of_dtype], depth, device, seed, seed_note)
+        options = dict(model_options or {})
+        shape, depth, seed, seed_note = _registered(model, input_shape, depth, options)
+        return TableArgs(model, shape, batch_size, DTYPES[name_of_dtype], depth, device, seed, seed_note,
+                         tuple(sorted(options.items())))
+    if model_options:
+        raise UsageError("model options are for a registered model; build your nn.Module with the options instead")
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
     if input_shape is None:
@@ -115,17 +134,17 @@ def check_table_args(
                      None, None)
 
 
-def _build_registered(name: str, device: str) -> nn.Module:
+def _build_registered(name: str, device: str, options: Mapping[str, Any]) -> nn.Module:
     """Build a registered model; for a meta pass, directly on the meta device (no weight init)."""
     from ..models import get_model
 
     if device == "meta":
         try:
             with torch.device("meta"):
-                return get_model(name)
+                return get_model(name, **options)
         except (NotImplementedError, RuntimeError):  # an initialiser without a meta kernel
             pass
-    return get_model(name)
+    return get_model(name, **options)
 
 
 def run_layer_table(args: TableArgs, module: nn.Module | None = None, *, all_rows: bool = False) -> LayerTable:
@@ -140,7 +159,7 @@ def run_layer_table(args: TableArgs, module: nn.Module | None = None, *, all_row
         The :class:`~memprof.rendering.layer_table.LayerTable`.
     """
     if args.model is not None:
-        module, name = _build_registered(args.model, args.device), args.model
+        module, name = _build_registered(args.model, args.device, dict(args.model_options)), args.model_label
     else:
         if module is None:
             raise TypeError("run_layer_table needs the module when args.model is None")
@@ -162,6 +181,7 @@ def layer_table(
     *,
     device: str = "meta",
     all_rows: bool = False,
+    model_options: Mapping[str, Any] | None = None,
 ) -> LayerTable:
     """The per-layer table of a model: the deck's columns beside what autograd really saves.
 
@@ -183,6 +203,9 @@ def layer_table(
             CPU tensors that take the CPU's kernels, NOTE [ The meta pass runs on fake CPU
             tensors ]), ``cpu`` or ``cuda`` for a real pass.
         all_rows: show every row: in-place ReLU rows unfolded, empty rows not hidden.
+        model_options: options of a registered model's builder (``get_model(name, **options)``:
+            ``depth``, ``width``, ``heads``... for ``vit`` and ``revvit``, ``reversible``);
+            checked before anything is built.
 
     Returns:
         A :class:`~memprof.rendering.layer_table.LayerTable`; ``print()`` it, or call
@@ -194,5 +217,5 @@ def layer_table(
             layers that ran).
         TypeError: if ``model`` is neither a name nor an ``nn.Module``.
     """
-    args = check_table_args(model, input_shape, batch_size, dtype, depth, device)
+    args = check_table_args(model, input_shape, batch_size, dtype, depth, device, model_options)
     return run_layer_table(args, None if isinstance(model, str) else model, all_rows=all_rows)

@@ -12,7 +12,8 @@ if TYPE_CHECKING:  # torch is imported when a model is loaded, not for --help
 
 from ..validation import UsageError, parse_input_shape
 
-__all__ = ["add_step_options", "build_model", "load_model", "model_help", "resolve_model", "step_options", "write_output"]
+__all__ = ["add_model_option", "add_step_options", "build_model", "check_without_torch", "load_model", "model_help",
+           "model_options", "resolve_model", "shared_model_options", "step_options", "write_output"]
 
 
 def model_help() -> str:
@@ -21,6 +22,100 @@ def model_help() -> str:
 
     return (f"a registered model ({', '.join(BUILTIN_MODELS)}, or one registered with register_model) or "
             "package.module:factory (a callable returning an nn.Module; needs --input-shape)")
+
+
+def add_model_option(p: Any, whose: str = "the registered model's") -> None:
+    """The repeatable ``--model-option NAME=VALUE``, its help naming every built-in model's options."""
+    from ..vocabulary import MODEL_OPTIONS
+
+    by_option: dict[str, list[str]] = {}
+    for model, options in MODEL_OPTIONS.items():
+        for name in options:
+            by_option.setdefault(name, []).append(model)
+    groups: list[tuple[list[str], list[str]]] = []  # (models, options) with the same models
+    for name, models in by_option.items():
+        if groups and groups[-1][0] == models:
+            groups[-1][1].append(name)
+        else:
+            groups.append((models, [name]))
+    defaults = {name: default for options in MODEL_OPTIONS.values() for name, default in options.items()}
+
+    def shown(name: str) -> str:
+        value = defaults[name]
+        return f"{name}={str(value).lower() if isinstance(value, bool) else value}"
+
+    groups.sort(key=lambda g: -len(g[1]))  # the longest list first: vit, revvit
+    listing = "; ".join(f"{', '.join(models)}: {', '.join(map(shown, names))}" for models, names in groups)
+    p.add_argument("--model-option", action="append", default=None, metavar="NAME=VALUE",
+                   help=f"an option of {whose} builder, repeatable, e.g. --model-option depth=6 "
+                   f"(options and defaults: {listing}; reversible=false builds the plain-autograd twin) "
+                   "(default: the model's own)")
+
+
+def model_options(args: Any) -> dict[str, Any]:
+    """The ``--model-option`` values, checked by name and type without importing torch.
+
+    Raises:
+        memprof.validation.UsageError: for options given with a package.module:factory, or an
+            option the registered model does not take (or a value of the wrong type).
+    """
+    from ..validation import parse_model_options
+    from ..vocabulary import MODEL_OPTIONS
+
+    specs = getattr(args, "model_option", None)
+    if not specs:
+        return {}
+    if ":" in args.model:
+        raise UsageError(f"--model-option is for a registered model; {args.model!r} builds its own, "
+                         "so give the options to the factory")
+    return parse_model_options(specs, args.model, MODEL_OPTIONS.get(args.model, {}))
+
+
+def check_without_torch(args: Any) -> None:
+    """The checks of a verb's plain options that need no torch, run before the library is imported.
+
+    The library checks the same values again, with the same functions and so the same messages
+    (NOTE [ Starting without torch ] in :mod:`memprof.vocabulary`): a typo is answered at once.
+    Only the options the verb has are checked: ``--batch-size``, ``--batch-sizes``, ``--dtype``,
+    ``--optimizer`` (its name), ``--repeats`` and ``--strategies``.
+    """
+    from ..validation import check_choice, check_positive_int, parse_batch_sizes, parse_names
+    from ..vocabulary import COMPARE_FAMILIES, DTYPE_NAMES, OPTIMIZERS
+
+    if getattr(args, "batch_size", None) is not None:
+        check_positive_int("batch size", args.batch_size)
+    if getattr(args, "batch_sizes", None) is not None:
+        parse_batch_sizes(args.batch_sizes)
+    if getattr(args, "optimizer", None) is not None and isinstance(args.optimizer, str):
+        check_choice("optimizer", args.optimizer.partition(":")[0], OPTIMIZERS)
+    if getattr(args, "dtype", None) is not None:
+        check_choice("dtype", args.dtype, DTYPE_NAMES)
+    if getattr(args, "repeats", None) is not None:
+        check_positive_int("repeats", args.repeats)
+    if getattr(args, "strategies", None) is not None and getattr(args, "family", None) in COMPARE_FAMILIES:
+        parse_names(args.strategies, "strategy", COMPARE_FAMILIES[args.family])
+
+
+def shared_model_options(specs: list[str] | None, models: str) -> dict[str, Any]:
+    """``--model-option`` values that every one of the comma-separated ``models`` takes (no torch).
+
+    A name that is not a built-in model is left to the library's own check of the names.
+
+    Raises:
+        memprof.validation.UsageError: for options given with a package.module:factory, or an
+            option one of the models does not take (naming that model), or a value of the wrong type.
+    """
+    from ..validation import parse_model_options
+    from ..vocabulary import MODEL_OPTIONS
+
+    options: dict[str, Any] = {}
+    for name in (n.strip() for n in str(models).split(",")) if specs else ():
+        if ":" in name:
+            raise UsageError(f"--model-option is for registered models; {name!r} builds its own, "
+                             "so give the options to the factory")
+        if name in MODEL_OPTIONS:
+            options = parse_model_options(specs, name, MODEL_OPTIONS[name])
+    return options
 
 
 def _call_factory(spec: str, obj: Any) -> Any:
@@ -49,17 +144,22 @@ def load_model(spec: str) -> str | nn.Module:
         memprof.validation.UsageError: for an unknown name (listing the registered ones), a
             module or attribute that cannot be imported, or a factory that returns no ``nn.Module``.
     """
+    if ":" not in spec:
+        # only memprof.models registers models: until it is imported, the names are the built-in ones
+        # (NOTE [ Starting without torch ] in memprof.vocabulary)
+        if "memprof.models" in sys.modules:
+            from ..models import list_models
+
+            known = list_models()
+        else:
+            from ..vocabulary import BUILTIN_MODELS
+
+            known = sorted(BUILTIN_MODELS)  # as list_models() lists them
+        if spec not in known:
+            raise UsageError(f"unknown model {spec!r}; allowed: {', '.join(known)} (or package.module:factory)")
+        return spec
     from torch import nn
 
-    from ..models import list_models
-
-    if ":" not in spec:
-        if spec not in list_models():
-            raise UsageError(
-                f"unknown model {spec!r}; allowed: {', '.join(list_models())} "
-                "(or package.module:factory)"
-            )
-        return spec
     module_name, _, attr = spec.partition(":")
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # as `python -m` and uvicorn do: import from here
@@ -75,29 +175,33 @@ def load_model(spec: str) -> str | nn.Module:
     return model
 
 
-def resolve_model(spec: str, input_shape: str | None,
-                  inputs_given: bool = False) -> tuple[str | nn.Module, str, tuple[int, ...] | None]:
+def resolve_model(spec: str, input_shape: str | None, inputs_given: bool = False,
+                  options: dict[str, Any] | None = None) -> tuple[str | nn.Module, str, tuple[int, ...] | None]:
     """(model or registered name, display name, input shape or None) for a name or a factory spec.
 
     A registered model is returned by name and built only by :func:`build_model`, after the
-    arguments have been checked.
+    arguments have been checked; its ``options`` (:func:`model_options`) are checked here, and
+    the display name shows them (``revvit (depth=6)``).
     """
     from ..models import get_model_info
+    from ..models.registry import check_model_options, model_label
 
     model = load_model(spec)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     if isinstance(model, str):
+        check_model_options(model, options)
+        name = model_label(model, options)
         if inputs_given:  # --input specs replace the registered model's input shape
-            return model, model, shape
-        return model, model, shape or tuple(get_model_info(model).input_shape)
+            return model, name, shape
+        return model, name, shape or get_model_info(model).input_shape_for(options)
     return model, spec, shape
 
 
-def build_model(model: str | nn.Module) -> nn.Module:
-    """The module for a registered name (or the module itself)."""
+def build_model(model: str | nn.Module, options: dict[str, Any] | None = None) -> nn.Module:
+    """The module for a registered name and its options (or the module itself)."""
     from ..models import get_model
 
-    return get_model(model) if isinstance(model, str) else model
+    return get_model(model, **(options or {})) if isinstance(model, str) else model
 
 
 def write_output(text: str, out: str | None) -> None:

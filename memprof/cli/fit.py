@@ -15,7 +15,7 @@ HELP = ("largest batch size whose estimated training-step peak fits a memory bud
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ._common import add_step_options, model_help
+    from ._common import add_model_option, add_step_options, model_help
 
     p = sub.add_parser(
         "fit",
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "at the smallest batch the model accepts; a budget below what it needs is an error (exit 2).",
     )
     p.add_argument("model", help=model_help())
+    add_model_option(p)
     add_step_options(p)
     p.add_argument("--memory", required=True,
                    help="the budget: 16GiB, 16GB (decimal), 512MiB or bytes, e.g. 17179869184 (required)")
@@ -46,12 +47,25 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = check_format(args.format, FORMATS)  # checks that need no torch first (NOTE [ Starting without torch ])
     budget = parse_memory(args.memory)
+    from ._common import (
+        build_model,
+        check_without_torch,
+        load_model,
+        model_options,
+        resolve_model,
+        step_options,
+    )
+
+    check_without_torch(args)
+    options = model_options(args)
+    if ":" not in args.model:
+        load_model(args.model)  # an unknown name, before torch is imported
     from ..api.step import fit_batch
-    from ._common import build_model, resolve_model, step_options
 
     step = step_options(args)
-    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None)
-    found = fit_batch(build_model(model), budget, shape, dtype=args.dtype, device=args.device, name=name,
+    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None,
+                                       options=options)
+    found = fit_batch(build_model(model, options), budget, shape, dtype=args.dtype, device=args.device, name=name,
                       expandable_segments=args.expandable_segments, **step)
     print(found.render(fmt), end="")
     return 0

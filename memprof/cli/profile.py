@@ -7,13 +7,12 @@ import sys
 
 from ..vocabulary import DTYPE_NAMES, FORMATS
 
-
 #: one line for ``memprof --help`` (read without building this verb's parser)
 HELP = ("memory of one training step: allocator peak, breakdown at the peak, module peaks")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ._common import add_step_options, model_help
+    from ._common import add_model_option, add_step_options, model_help
 
     p = sub.add_parser(
         "profile",
@@ -24,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "With --estimate nothing is allocated (FakeTensorMode).",
     )
     p.add_argument("model", help=model_help())
+    add_model_option(p)
     add_step_options(p)
     p.add_argument("--batch-size", default="32", help="samples per step (default: 32)")
     p.add_argument("--input-shape", default=None,
@@ -55,14 +55,27 @@ def run(args: argparse.Namespace) -> int:
     depth = None if args.depth is None else check_non_negative_int("--depth", args.depth)
     if args.timeline is not None:
         check_output_file(args.timeline, suffix=".png", what="--timeline")
+    from ._common import (
+        build_model,
+        check_without_torch,
+        load_model,
+        model_options,
+        resolve_model,
+        step_options,
+    )
+
+    check_without_torch(args)
+    options = model_options(args)
+    if ":" not in args.model:
+        load_model(args.model)  # an unknown name, before torch is imported
     from ..api.step import check_step_args, run_profile_step
-    from ._common import build_model, resolve_model, step_options
 
     step = step_options(args)
-    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None)
+    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None,
+                                       options=options)
     checked = check_step_args(args.batch_size, shape, dtype=args.dtype, device=args.device, estimate=args.estimate,
                               **step)
-    prof = run_profile_step(build_model(model), checked, name=name)
+    prof = run_profile_step(build_model(model, options), checked, name=name)
     print(prof.render(fmt, depth=depth, top=top), end="")
     if args.timeline is not None:
         prof.plot(args.timeline)

@@ -86,10 +86,10 @@ def _exit_status(exc: SystemExit) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    script, steps = _check(args)  # before torch is imported (NOTE [ Starting without torch ])
     from ..api.track import track
     from ..recording.session import StopRecording
 
-    script, steps = _check(args)
     argv, path0 = list(sys.argv), list(sys.path)
     sys.argv = [str(args.script), *args.args]
     sys.path.insert(0, str(script.parent))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..vocabulary import DTYPE_NAMES, FORMATS, Mode
+from ..vocabulary import DTYPE_NAMES, FORMATS, SWEEP_BATCH_SIZES, SWEEP_MODELS, Mode
 
 #: the flag that selects each mode
 _FLAG = {Mode.ESTIMATED: "estimate", Mode.MEASURED: "measure"}
@@ -16,10 +16,10 @@ HELP = ("memory of models over batch sizes and the savings against the first; wr
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..api.sweep import DEFAULT_BATCH_SIZES, DEFAULT_MODELS
+    from ._common import add_model_option
 
-    models = ",".join(DEFAULT_MODELS)
-    sizes = ",".join(map(str, DEFAULT_BATCH_SIZES))
+    models = ",".join(SWEEP_MODELS)
+    sizes = ",".join(map(str, SWEEP_BATCH_SIZES))
     p = sub.add_parser(
         "sweep",
         help=HELP,
@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--models", default=models,
                    help=f"comma-separated registered models, the first is the reference (default: {models})")
+    add_model_option(p, "every model's")
     p.add_argument("--batch-sizes", default=sizes,
                    help=f"comma-separated batch sizes; '...' continues a progression, e.g. 1,2,4,...,1024 "
                    f"(default: {sizes})")
@@ -47,18 +48,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..validation import check_format, check_output_dir
+    from ._common import check_without_torch, shared_model_options
+
+    fmt = check_format(args.format)  # before torch is imported (NOTE [ Starting without torch ])
+    check_without_torch(args)
+    options = shared_model_options(args.model_option, args.models)
     from ..api.sweep import check_sweep_args, run_sweep
     from ..reports.sweep import write_sweep_files
-    from ..validation import check_format, check_output_dir
 
-    fmt = check_format(args.format)
-    checked = check_sweep_args(args.models, args.batch_sizes, args.mode, args.device, args.dtype, args.optimizer)
+    checked = check_sweep_args(args.models, args.batch_sizes, args.mode, args.device, args.dtype, args.optimizer,
+                               options)
     out = check_output_dir(args.out)
     result = run_sweep(checked, progress=None)
     sys.stdout.write(result.render(fmt))
     command = (f"memprof sweep --models {','.join(checked.models)} "
                f"--batch-sizes {','.join(map(str, checked.batch_sizes))} --{_FLAG[checked.mode]} --device {args.device} "
-               f"--dtype {args.dtype} --optimizer {args.optimizer}")
+               f"--dtype {args.dtype} --optimizer {args.optimizer}"
+               + "".join(f" --model-option {spec}" for spec in args.model_option or ()))
     for path in write_sweep_files(result, out, command):
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from types import SimpleNamespace
+
+from ..vocabulary import AMP_MODES, BUILTIN_MODELS, TRAIN_DATASETS, TRAIN_DEFAULTS, TRAIN_DEVICES
 
 
 #: one line for ``memprof --help`` (read without building this verb's parser)
@@ -12,11 +15,7 @@ HELP = ("train/evaluate a model on CIFAR-10 (or scikit-learn's digits) with the 
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..models import list_models
-    from ..train.config import DEVICES, AmpMode, TrainConfig
-    from ..train.data import DATASETS
-
-    d = TrainConfig()
+    d = SimpleNamespace(**TRAIN_DEFAULTS)  # TrainConfig's defaults, without importing torch
     p = sub.add_parser(
         "train",
         help=HELP,
@@ -29,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "it runs DistributedDataParallel (gloo on the CPU, NCCL on CUDA)."
         ),
     )
-    p.add_argument("--model", default=d.model, choices=list_models(), help=f"model to train (default: {d.model})")
+    p.add_argument("--model", default=d.model, choices=BUILTIN_MODELS, help=f"model to train (default: {d.model})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default: {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"global batch size, split over the torchrun processes (default: {d.batch_size})")
@@ -42,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
                    help=f"raise the learning rate linearly over the first N epochs (default: {d.warmup_epochs}, none)")
     p.add_argument("--gamma", type=float, default=d.gamma, help=f"learning-rate decay factor (default: {d.gamma})")
-    p.add_argument("--dataset", default=d.dataset, choices=DATASETS,
+    p.add_argument("--dataset", default=d.dataset, choices=TRAIN_DATASETS,
                    help="cifar10, or digits: scikit-learn's 8x8 handwritten digits upsampled to 32x32, "
                    f"offline, needs pip install scikit-learn (default: {d.dataset})")
     p.add_argument("--data", default=d.data_dir,
@@ -53,9 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train on torchvision FakeData (random images and labels) instead of CIFAR-10 (default: off)")
     p.add_argument("--synthetic-size", type=int, default=d.synthetic_size,
                    help=f"training images of the synthetic set; test set: a quarter (default: {d.synthetic_size})")
-    p.add_argument("--device", default=d.device, choices=DEVICES,
+    p.add_argument("--device", default=d.device, choices=TRAIN_DEVICES,
                    help=f"auto: CUDA when available (default: {d.device})")
-    p.add_argument("--amp", default=d.amp, choices=[m.value for m in AmpMode],
+    p.add_argument("--amp", default=d.amp, choices=AMP_MODES,
                    help=f"mixed precision: bf16 (CPU/CUDA) or fp16 (CUDA, gradient scaler) (default: {d.amp})")
     p.add_argument("--reversible", action=argparse.BooleanOptionalAction, default=d.reversible,
                    help="rebuild activations in backward; --no-reversible trains the plain-autograd twin (default: on)")

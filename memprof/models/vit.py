@@ -265,9 +265,16 @@ def _config(options: Mapping[str, Any]) -> ViTConfig:
     return check_vit_config(replace(VIT_CFGS["tiny"], **options))
 
 
+def _input_shape(options: Mapping[str, Any]) -> tuple[int, int, int]:
+    cfg = _config(options)
+    return (cfg.in_channels, cfg.image_size, cfg.image_size)  # (C, H, W)
+
+
 @register_model(
     "vit",
     table_depth=2,
+    check_options=_config,
+    options_input_shape=_input_shape,
     description="pre-norm ViT for 32x32 inputs: patch 4, 192 wide, 12 deep, 3 heads (5,362,378 parameters)",
 )
 def vit(num_classes: int = 10, **options: Any) -> ViT:
@@ -292,6 +299,8 @@ def vit(num_classes: int = 10, **options: Any) -> ViT:
 @register_model(
     "revvit",
     table_depth=3,
+    check_options=_config,
+    options_input_shape=_input_shape,
     description="Rev-ViT, vit's reversible twin: two streams, Y1 = X1 + Attn(LN(X2)), Y2 = X2 + MLP(LN(Y1))",
 )
 def revvit(num_classes: int = 10, **options: Any) -> RevViT:
