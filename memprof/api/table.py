@@ -50,6 +50,8 @@ class TableArgs:
     device: str
     seed: SeedTable | None
     seed_note: str | None
+    #: example inputs or InputSpecs instead of one float input of ``input_shape`` (as :func:`memprof.profile_step` takes them)
+    inputs: Any = None
 
 
 def _registered(model: str, input_shape: Any, depth: int | None) -> tuple[tuple[int, ...], int | None, SeedTable | None, str | None]:
@@ -79,13 +81,15 @@ def check_table_args(
     dtype: Any = "float32",
     depth: Any = None,
     device: str = "meta",
+    *,
+    inputs: Any = None,
 ) -> TableArgs:
     """Every check of :func:`layer_table`, in one place, before any work starts.
 
     Args:
         model: a registered name, an ``nn.Module``, or None for a module that is not built yet
             (the CLI's ``package.module:factory``).
-        input_shape, batch_size, dtype, depth, device: as for :func:`layer_table`.
+        input_shape, batch_size, dtype, depth, device, inputs: as for :func:`layer_table`.
 
     Returns:
         The checked :class:`TableArgs`.
@@ -101,11 +105,19 @@ def check_table_args(
         raise UsageError("device 'cuda' is not available here; allowed: meta, cpu")
     if depth is not None:
         depth = check_non_negative_int("depth", depth)
+    if inputs is not None:
+        from .step import check_inputs
+
+        check_inputs(inputs)
     if isinstance(model, str):
         shape, depth, seed, seed_note = _registered(model, input_shape, depth)
-        return TableArgs(model, shape, batch_size, DTYPES[name_of_dtype], depth, device, seed, seed_note)
+        if inputs is not None:  # the deck's table is for its own (3,32,32) input
+            shape, seed, seed_note = (), None, None
+        return TableArgs(model, shape, batch_size, DTYPES[name_of_dtype], depth, device, seed, seed_note, inputs)
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
+    if inputs is not None:
+        return TableArgs(None, (), batch_size, DTYPES[name_of_dtype], depth, device, None, None, inputs)
     if input_shape is None:
         what = "a model" if model is None else f"a {type(model).__name__}"
         raise UsageError(
@@ -147,7 +159,7 @@ def run_layer_table(args: TableArgs, module: nn.Module | None = None, *, all_row
         name = type(module).__name__
     recording = record_layers(
         module, args.input_shape, batch_size=args.batch_size, dtype=args.dtype,
-        depth=args.depth, device=args.device, model_name=name,
+        depth=args.depth, device=args.device, model_name=name, inputs=args.inputs,
     )
     notes = [args.seed_note] if args.seed_note else []
     return LayerTable.from_data(build_layer_table(recording, all_rows=all_rows, seed=args.seed, notes=notes))
@@ -162,6 +174,7 @@ def layer_table(
     *,
     device: str = "meta",
     all_rows: bool = False,
+    inputs: Any = None,
 ) -> LayerTable:
     """The per-layer table of a model: the deck's columns beside what autograd really saves.
 
@@ -183,6 +196,9 @@ def layer_table(
             CPU tensors that take the CPU's kernels, NOTE [ The meta pass runs on fake CPU
             tensors ]), ``cpu`` or ``cuda`` for a real pass.
         all_rows: show every row: in-place ReLU rows unfolded, empty rows not hidden.
+        inputs: instead of one float input of ``input_shape``: example inputs or
+            :class:`~memprof.recording.user_step.InputSpec` s, as :func:`memprof.profile_step`
+            takes them (token ids, a dict of tensors, ...).
 
     Returns:
         A :class:`~memprof.rendering.layer_table.LayerTable`; ``print()`` it, or call
@@ -194,5 +210,5 @@ def layer_table(
             layers that ran).
         TypeError: if ``model`` is neither a name nor an ``nn.Module``.
     """
-    args = check_table_args(model, input_shape, batch_size, dtype, depth, device)
+    args = check_table_args(model, input_shape, batch_size, dtype, depth, device, inputs=inputs)
     return run_layer_table(args, None if isinstance(model, str) else model, all_rows=all_rows)

@@ -432,7 +432,7 @@ def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, devi
     # batches of thousands), made fake and repeated to the batch size inside the fake mode.
     real = make_batch(replace(spec, batch_size=1), torch.device("cpu"), dtype, seed)
     with mode, _quiet_fake_tensor_log():
-        x = resize_batch(_fake_inputs(real, mode, trace_dev), spec.batch_size)
+        x = resize_batch(fake_inputs(real, mode, trace_dev), spec.batch_size)
         opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
         with DeviceKernels(device.type, trace_dev.type):  # the warm-up holds real-sized workspaces too
             targets = warm_up(work, opt, x, targets_for(spec.batch_size, trace_dev, seed), spec.recipe)
@@ -451,7 +451,7 @@ def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, devi
     return record
 
 
-def _fake_inputs(real: Inputs, mode: Any, device: torch.device) -> Inputs:
+def fake_inputs(real: Inputs, mode: Any, device: torch.device) -> Inputs:
     """Fake copies of real inputs (same shapes and dtypes, no memory), on ``device``."""
     def fake(t: torch.Tensor) -> torch.Tensor:
         return mode.from_tensor(t).to(device)
