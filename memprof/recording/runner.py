@@ -193,6 +193,8 @@ class StepRecord:
     loss_choice: dict[str, str] = field(default_factory=dict)
     kernels: Any = None
     expandable_segments: bool = False
+    #: what the estimate changed to follow the real run, said in the profile's notes
+    notes: list[str] = field(default_factory=list)
 
 
 def measure_step(
@@ -431,6 +433,7 @@ def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, devi
     # One sample of real values (an estimate allocates nothing of the batch's size: fit probes
     # batches of thousands), made fake and repeated to the batch size inside the fake mode.
     real = make_batch(replace(spec, batch_size=1), torch.device("cpu"), dtype, seed)
+    mask_note = _skip_all_ones_mask(work, spec)
     with mode, _quiet_fake_tensor_log():
         x = resize_batch(fake_inputs(real, mode, trace_dev), spec.batch_size)
         opt = make_optimizer(spec.optimizer, work.parameters(), **dict(spec.optimizer_settings))
@@ -440,6 +443,7 @@ def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, devi
             record = measure_step(work, opt, x, targets, recipe=spec.recipe, kernels=kernels)
     record.traced_on = trace_dev
     record.input_shape = sample_shape(real)
+    record.notes += [mask_note] if mask_note else []
     if device.type == "cuda":
         tracker = record.tracker
         lives = [(life.start, life.end, life.nbytes) for lives in tracker.lives.values() for life in lives]
@@ -449,6 +453,56 @@ def _record_fake_step(model: nn.Module, spec: StepSpec, dtype: torch.dtype, devi
         record.cuda_not_modelled = tuple(NOT_MODELLED_CUDA)
         record.expandable_segments = expandable_segments
     return record
+
+
+# NOTE [ An all-ones attention mask in an estimate ]
+# A Hugging Face model reads its attention_mask before attention: when every entry is 1 (no
+# padding) it drops the mask and calls scaled_dot_product_attention without one (is_causal for a
+# decoder), which spares the expanded (B, 1, T, T) mask. It cannot read a FakeTensor's values, so
+# in an estimate it keeps the mask (transformers' is_tracing() is true for fake tensors), and the
+# estimate would count that mask and its temporaries, which the real run never allocates: BERT
+# at T=48, batch 8: 18 KiB more at the activation peak. The batch is built from real values, so
+# the estimate knows the mask is all ones: it takes the real run's branch by passing
+# attention_mask=None to the model (a forward pre-hook on the fake copy; the mask stays a held
+# input, and a loss_fn still receives it), and says so in the profile's notes. What may still
+# differ is the mask's own (B, T) check in the real run (one bool copy and a scalar, inside the
+# forward): at most B x T bytes and a few small scalars.
+def _mask_is_all_ones(spec: StepSpec) -> tuple[bool, int]:
+    """(whether the step's whole ``attention_mask`` is all ones, its sequence length).
+
+    The estimate's batch repeats one sample; the real batch's rows are what the model checks.
+    """
+    inputs = spec.inputs
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, InputSpec) for i in inputs):
+        mask_spec = next((i for i in inputs if i.name == "attention_mask"), None)
+        if mask_spec is None or not mask_spec.shape:
+            return False, 0
+        ones = mask_spec.dtype == torch.bool or (mask_spec.low == 1 and mask_spec.high == 2)
+        return ones, mask_spec.shape[-1]
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() < 2:
+        return False, 0
+    rows = mask[: min(spec.batch_size, mask.shape[0])]  # resize_batch repeats these rows
+    return bool((rows == 1).all()), int(mask.shape[-1])
+
+
+def _skip_all_ones_mask(work: nn.Module, spec: StepSpec) -> str:
+    """For a Hugging Face model given an all-ones ``attention_mask``: the real run's branch (NOTE above)."""
+    if not type(work).__module__.startswith("transformers."):
+        return ""
+    ones, seq = _mask_is_all_ones(spec)
+    if not ones:
+        return ""
+    batch_size = spec.batch_size
+
+    def drop(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return args, {**kwargs, "attention_mask": None}
+
+    work.register_forward_pre_hook(drop, with_kwargs=True)  # the fake copy only: the user's model is untouched
+    return (f"attention_mask is all ones: a real run of this Hugging Face model drops it (no padding), so the "
+            f"estimate called the model with attention_mask=None (the mask is still held as an input); up to "
+            f"{batch_size * seq} bytes (the real run's bool copy of the mask while it checks it) may differ "
+            f"(NOTE [ An all-ones attention mask in an estimate ])")
 
 
 def fake_inputs(real: Inputs, mode: Any, device: torch.device) -> Inputs:
