@@ -205,11 +205,15 @@ def measure_step(
     allocator: CpuAllocatorTracker | CudaAllocatorTracker | None = None,
     recipe: StepRecipe | None = None,
     kernels: Any = None,
+    collect: bool = True,
 ) -> StepRecord:
     """Run one step under the storage tracker (and the allocator tracker, if given).
 
     ``kernels``: in an estimate, the :class:`~memprof.recording.estimate.DeviceKernels` mode
     already entered below the tracker; it is bound to the tracker's clock.
+    ``collect``: collect garbage first, so that no earlier garbage is freed inside the recorded
+    step (a full collection: about 0.2 s in a process with torch and its friends loaded); a
+    caller that has just collected passes False.
 
     Every hook is removed on exit, also when the step raises. The loss, the gradients and the
     updated parameters are bit-identical to those of :func:`run_step` (tests check it).
@@ -219,7 +223,8 @@ def measure_step(
     """
     tracker = StorageTracker(model, optimizer, [*input_tensors(inputs), *([targets] if targets is not None else [])])
     device = input_tensors(inputs)[0].device
-    gc.collect()
+    if collect:
+        gc.collect()
     if kernels is not None:
         kernels.bind(tracker)
     if allocator is None:
