@@ -1,8 +1,9 @@
 """The models the estimate is held to (issue 13): registered, recurrent, attention, torchvision.
 
 Each entry builds a fresh model and names the shape of one sample. Shared by
-``benchmarks/estimate_accuracy.py`` and ``tests/test_estimate_accuracy.py``; torchvision is a
-test extra here, never a runtime dependency of memprof.
+``benchmarks/estimate_accuracy.py`` and ``tests/test_estimate_accuracy.py``; torchvision and
+transformers (GPT-2 and BERT built from configs, as tests/test_track_models.py uses them) are test
+extras here, never runtime dependencies of memprof.
 """
 
 from __future__ import annotations
@@ -47,6 +48,38 @@ def _small_vit() -> nn.Module:
     return VisionTransformer(image_size=64, patch_size=8, num_layers=6, num_heads=8, hidden_dim=256, mlp_dim=1024)
 
 
+def _gpt2() -> nn.Module:
+    """tests/test_track_models.py's GPT-2: 2 layers, 128 wide, 32 positions, a 512-token vocabulary."""
+    import transformers
+
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=128, n_head=4, n_positions=32, vocab_size=512)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _bert() -> nn.Module:
+    """tests/test_track_models.py's BERT classifier: 2 layers, 32 wide, 3 labels."""
+    import transformers
+
+    cfg = transformers.BertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=32, num_labels=3)
+    return transformers.BertForSequenceClassification(cfg)
+
+
+def _gpt2_step() -> dict[str, Any]:
+    """Token ids and labels (the model's own loss), AdamW, bf16 autocast, accumulation 2."""
+    ids = torch.randint(512, (2, 32), generator=torch.Generator().manual_seed(0))
+    return {"inputs": {"input_ids": ids, "labels": ids}, "optimizer": "adamw", "autocast": "bfloat16",
+            "accumulation_steps": 2}
+
+
+def _bert_step() -> dict[str, Any]:
+    """A dict of input_ids, an all-ones attention_mask and labels; AdamW."""
+    g = torch.Generator().manual_seed(0)
+    return {"inputs": {"input_ids": torch.randint(256, (2, 16), generator=g),
+                       "attention_mask": torch.ones(2, 16, dtype=torch.long),
+                       "labels": torch.randint(3, (2,), generator=g)}, "optimizer": "adamw"}
+
+
 def _registered(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         from memprof.models import get_model
@@ -65,6 +98,8 @@ class PanelModel:
     input_shape: tuple[int, ...]
     #: batch sizes the accuracy table uses (the issue's 2/32/128 where the model allows)
     batch_sizes: tuple[int, ...] = (2, 32, 128)
+    #: further arguments of profile_step (inputs, optimizer, autocast, accumulation_steps), built when run
+    step: Callable[[], dict[str, Any]] | None = None
 
 
 PANEL: tuple[PanelModel, ...] = (
@@ -79,6 +114,8 @@ PANEL: tuple[PanelModel, ...] = (
     PanelModel("efficientnet_b0", _torchvision("efficientnet_b0"), (3, 64, 64)),
     PanelModel("convnext_tiny", _torchvision("convnext_tiny"), (3, 64, 64)),
     PanelModel("vit-small-64", _small_vit, (3, 64, 64)),
+    PanelModel("gpt2-hf", _gpt2, (), step=_gpt2_step),
+    PanelModel("bert-hf", _bert, (), step=_bert_step),
 )
 
 
@@ -104,9 +141,11 @@ def measure_and_estimate(pm: PanelModel, batch_size: int, seed: int = 0) -> Accu
 
     torch.manual_seed(seed)
     model = pm.build()
+    step = pm.step() if pm.step is not None else {}
+    shape = pm.input_shape or None
     with one_thread():
-        measured = profile_step(model, batch_size, pm.input_shape, name=pm.name)
-        estimated = profile_step(model, batch_size, pm.input_shape, name=pm.name, estimate=True)
+        measured = profile_step(model, batch_size, shape, name=pm.name, **step)
+        estimated = profile_step(model, batch_size, shape, name=pm.name, estimate=True, **step)
     return Accuracy(pm.name, batch_size, measured, estimated)
 
 

@@ -4,6 +4,7 @@ Plain PyTorch, no memprof inside: profile it with
 
     memprof run examples/tiny_gpt.py --steps 3
     memprof run --format json examples/tiny_gpt.py --batch-size 16
+    memprof sweep --models examples.tiny_gpt:build --input ids:int64:64:1000 --batch-sizes 8,64
 
 or wrap the loop in ``with memprof.track() as rec:`` (see README, "Profile your own training").
 """
@@ -52,6 +53,11 @@ class TinyGPT(nn.Module):
         return self.head(self.ln(x))  # (B, T, vocab)
 
 
+def build(vocab: int = 1000, context: int = 64) -> TinyGPT:
+    """The model main() trains: a factory for ``memprof profile/fit/sweep examples.tiny_gpt:build``."""
+    return TinyGPT(vocab, width=128, layers=2, heads=4, context=context)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="training steps (default: 5)")
@@ -60,7 +66,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=1000, help="vocabulary size (default: 1000)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = TinyGPT(args.vocab, width=128, layers=2, heads=4, context=args.context)
+    model = build(args.vocab, args.context)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     for step in range(args.steps):
         ids = torch.randint(args.vocab, (args.batch_size, args.context + 1))

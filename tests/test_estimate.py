@@ -214,3 +214,27 @@ def test_memory_report_is_not_stale():
         with one_thread():
             est = profile_step(get_model(name), BATCH_SIZE, get_model_info(name).input_shape, estimate=True)
         assert deterministic_figures(est) == recorded["models"][name], f"reports/memory.md is stale for {name}"
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_hugging_face_all_ones_attention_mask(padded):
+    """NOTE [ An all-ones attention mask in an estimate ]: the estimate takes the real run's branch and says so."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg)
+    mask = torch.ones(2, 48, dtype=torch.long)
+    if padded:
+        mask[1, 30:] = 0
+    inputs = {"input_ids": torch.randint(256, (2, 48)), "attention_mask": mask, "labels": torch.randint(3, (2,))}
+    est = profile_step(model, 8, inputs=inputs, estimate=True)
+    meas = profile_step(model, 8, inputs=inputs)
+    # without the NOTE's hook the all-ones estimate held the (8, 1, 48, 48) mask: 18 KiB more at the activation peak
+    assert est.activation_peak_bytes == meas.activation_peak_bytes
+    assert est.attributed_peak_bytes == meas.attributed_peak_bytes
+    said = [n for n in est.notes if n.startswith("attention_mask is all ones")]
+    assert len(said) == (0 if padded else 1)
+    if said:
+        assert "attention_mask=None" in said[0] and f"up to {8 * 48} bytes" in said[0]
+    assert not any("attention_mask" in n for n in meas.notes)

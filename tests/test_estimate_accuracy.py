@@ -104,6 +104,21 @@ def test_small_panel_peak_within_one_percent_median_three_worst():
     assert abs(errors[worst]) <= 0.03, f"{worst}: {errors[worst]:+.2%}"
 
 
+@pytest.mark.parametrize("name", ["gpt2-hf", "bert-hf"])
+def test_hugging_face_models_of_the_panel(name):
+    """The step profiler's transformers (token ids and labels, autocast and accumulation; a dict with a mask)."""
+    pytest.importorskip("transformers")
+    from benchmarks.estimate_panel import panel_model
+
+    errors = []
+    for b in (2, 32):
+        acc = measure_and_estimate(panel_model(name), b)
+        assert acc.estimated.attributed_peak_bytes == acc.measured.attributed_peak_bytes
+        assert acc.estimated.activation_peak_bytes == acc.measured.activation_peak_bytes
+        errors.append(abs(acc.error))
+    assert max(errors) <= 0.01, errors
+
+
 def test_scratch_is_named_at_the_peak():
     acc = _small("lstm", 8)
     assert any("mkldnn_rnn_layer_backward" in n and "scratch" in n for n in acc.estimated.notes)
@@ -112,7 +127,9 @@ def test_scratch_is_named_at_the_peak():
 
 @pytest.mark.slow
 def test_issue_panel_within_bounds():
-    """The issue's panel at batch 2, 32 and 128 (about 5 minutes on one core)."""
+    """The issue's panel at batch 2, 32 and 128, GPT-2 and BERT included (about 5 minutes on one core)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("torchvision")
     errors = [measure_and_estimate(pm, b).error for pm in PANEL for b in pm.batch_sizes]
     assert statistics.median(abs(e) for e in errors) <= 0.01
     assert max(abs(e) for e in errors) <= 0.03

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from memprof.aggregation.sweep import FIGURES, STATUS_OK, STATUS_OOM, STATUS_SKIPPED  # noqa: E402
 from memprof.api import sweep as sweep_mod  # noqa: E402
@@ -190,6 +192,102 @@ def test_out_of_memory_becomes_a_row_and_the_sweep_goes_on(monkeypatch):
         sweep("vgg19", "1", mode="estimated", progress=False)
 
 
+# -- any model: a user's module, token ids, dict inputs ---------------------------------------------
+
+
+class _DictNet(nn.Module):
+    """Takes a dict: float features and an integer mask, as many user models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(24, 64), nn.ReLU(), nn.Linear(64, 5))
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.body(features * mask.unsqueeze(-1).float()).mean(1)
+
+
+def _lstm_inputs():
+    from memprof.recording.user_step import InputSpec
+
+    return [InputSpec("ids", torch.int64, (16,), 0, 100)]
+
+
+def _tensor_owned(df):
+    """The figures no kernel scratch enters: the table's two and the step's activation peak."""
+    return df[["model", "batch_size", "seed_activation_bytes", "saved_bytes", "activation_peak_bytes"]]
+
+
+@pytest.mark.parametrize("case", ["lstm", "dict"])
+def test_sweep_any_model_estimate_equals_measurement(case):
+    from tests.helpers import LSTMLM
+
+    if case == "lstm":  # an LSTM language model on token ids (InputSpecs)
+        kw = dict(inputs=_lstm_inputs(), optimizer="adamw")
+        models = {"lstm": LSTMLM()}
+    else:  # a dict of example tensors, float and integer; their batch dimension follows each size
+        kw = dict(inputs={"features": torch.randn(3, 7, 24), "mask": torch.ones(3, 7, dtype=torch.long)})
+        models = _DictNet()
+    est = sweep(models, "2,6", progress=False, **kw)
+    meas = sweep(models, "2,6", mode="measured", progress=False, **kw)
+    a, b = est.to_dataframe(), meas.to_dataframe()
+    assert (a["status"] == STATUS_OK).all() and (b["status"] == STATUS_OK).all()
+    assert list(a["model"]) == [est.models[0]] * 2 and est.models == meas.models
+    pd.testing.assert_frame_equal(_tensor_owned(a), _tensor_owned(b))
+    assert (a["saved_bytes"] > 0).all() and (a["peak_bytes"] >= a["activation_peak_bytes"]).all()
+    assert a.loc[1, "activation_peak_bytes"] > a.loc[0, "activation_peak_bytes"]  # the batch dimension scaled
+    # the step's inputs are the ones given: the same rows as profile_step with them
+    from memprof.api.step import profile_step
+
+    module = models["lstm"] if isinstance(models, dict) else models
+    prof = profile_step(module, 6, estimate=True, **kw)
+    assert a.loc[1, "peak_bytes"] == prof.peak_bytes
+
+
+def test_sweep_user_model_against_a_registered_one():
+    res = sweep({"mine": nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), "vgg": "vgg19"}, "1",
+                input_shape=(3, 32, 32), progress=False)
+    df = res.to_dataframe()
+    assert list(df["model"]) == ["mine", "vgg"] and res.reference == "mine"
+    assert df.loc[1, "peak_bytes_saving_pct"] < 0  # VGG-19 needs more than one linear layer
+
+
+def test_sweep_user_model_bad_arguments():
+    with pytest.raises(UsageError, match="not registered: give its input shape"):
+        check_sweep_args(_DictNet())
+    with pytest.raises(UsageError, match="listed twice"):
+        check_sweep_args([_DictNet(), _DictNet()], input_shape=(3,))
+    with pytest.raises(UsageError, match="unknown model 'resnet'"):
+        check_sweep_args({"a": "resnet"})
+    with pytest.raises(UsageError, match="inputs must be"):
+        check_sweep_args(_DictNet(), inputs=3)
+
+
+def test_out_of_memory_rows_of_a_user_model_are_kept_whole(monkeypatch):
+    def fake_row(name, model, b, args):
+        assert isinstance(model, _DictNet)
+        if b >= 4:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 8589934592 bytes")
+        return {f: 1000 * b for f in FIGURES}
+
+    monkeypatch.setattr(sweep_mod, "_measure_row", fake_row)
+    df = sweep(_DictNet(), "2,4,8", mode="measured", input_shape=(7, 24), progress=False).to_dataframe()
+    assert df["status"][0] == STATUS_OK and df["status"][1].startswith(STATUS_OOM) and df["status"][2] == STATUS_SKIPPED
+    assert int(df.loc[0, "peak_bytes"]) == 2000 and df.loc[1, "peak_bytes"] is pd.NA and df.loc[2, "peak_bytes"] is pd.NA
+
+
+def test_cli_sweep_with_a_factory_and_input_specs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["sweep", "--models", "tests.helpers:LSTMLM", "--input", "ids:int64:16:100",
+                 "--batch-sizes", "2,4", "--optimizer", "adamw:lr=1e-4", "--format", "json", "--out", str(out)]) == 0
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["models"] == ["tests.helpers:LSTMLM"] and doc["optimizer"] == "adamw"
+    assert [r["status"] for r in doc["rows"]] == [STATUS_OK, STATUS_OK]
+    assert "--input ids:int64:16:100" in (out / "sweep.md").read_text()
+
+
 # -- CLI -----------------------------------------------------------------------------------------------
 
 
@@ -217,6 +315,9 @@ def test_cli_sweep_writes_csv_and_png(tmp_path, capsys, monkeypatch, small):
         (["--models", "vgg19,alexnet"], "unknown model 'alexnet'"),
         (["--format", "yaml"], "unknown format"),
         (["--device", "tpu"], "device"),
+        (["--models", "no_such_module_xyz:make"], "cannot load model"),
+        (["--models", "tests.helpers:LSTMLM"], "not registered: give its input shape"),
+        (["--input", "ids:int64"], "does not parse"),
     ],
 )
 def test_cli_sweep_bad_input(tmp_path, capsys, argv, message):

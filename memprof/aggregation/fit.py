@@ -27,9 +27,11 @@ def fitted_figure(profile: Any) -> tuple[str, int]:
 # The step's peak is a maximum of functions affine in the batch size, so it is convex and
 # piecewise linear: the line through two fitting probes, extended to the budget, never
 # undershoots the answer. The search grows along that line (at least doubling) until a probe
-# fails, then narrows the bracket with the line between its ends, halving it whenever that gains
-# less than bisection would; a few probes usually suffice where plain bisection up to millions
-# would take forty.
+# fails, then narrows the bracket with the line between its ends (which never overshoots). When
+# a line probe gains less than bisection would, the next probe is the size just above it if it
+# fitted (the two ends then usually lie on one linear piece and the line landed on the answer:
+# VGG-19 at 16 GiB takes 6 estimates instead of 7), else the bracket is halved once; a few probes
+# usually suffice where plain bisection up to millions would take forty.
 def search_batch_size(peak: Callable[[int], int], memory: int, max_batch_size: int, start: int = 1) -> int:
     """The largest batch size ``start <= b <= max_batch_size`` with ``peak(b) <= memory`` (NOTE [ Fitting the batch size ]).
 
@@ -75,14 +77,17 @@ def _narrow(peak: Callable[[int], int], memory: int, lo: int, hi: int) -> int:
         mid = lo + int((memory - f_lo) * (hi - lo) / (f_hi - f_lo)) if f_hi > f_lo else (lo + hi) // 2
         mid = min(max(mid, lo + 1), hi - 1)
         width = hi - lo
-        if peak(mid) <= memory:
+        fits = peak(mid) <= memory
+        if fits:
             lo = mid
         else:
             hi = mid
-        if hi - lo > width // 2 and hi - lo > 1:  # the line gained little: bisect once
-            half = (lo + hi) // 2
-            if peak(half) <= memory:
-                lo = half
+        if hi - lo > width // 2 and hi - lo > 1:  # the line gained little
+            # from a fitting chord probe the next size usually settles it: the chord of a convex
+            # peak never overshoots, and where lo and hi lie on one linear piece it lands on the answer
+            step = lo + 1 if fits else (lo + hi) // 2
+            if peak(step) <= memory:
+                lo = step
             else:
-                hi = half
+                hi = step
     return lo

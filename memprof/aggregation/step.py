@@ -255,6 +255,6 @@ def build_profile(
         activation_peak_bytes=int(act[activation_idx]), at_peak=at_peak, phases=phase_rows,
         modules=_module_rows(record, total, baseline), step_time_s=record.step_time_s,
         reserved_peak_bytes=peak.reserved, input_shape=input_shape, activation_peak_holders=holders,
-        notes=peak.notes, timeline=timeline, allocator_timeline=peak.allocator_timeline,
+        notes=peak.notes + list(record.notes), timeline=timeline, allocator_timeline=peak.allocator_timeline,
         loss=dict(record.loss_choice),
     )

@@ -33,7 +33,7 @@ from ..validation import (
 )
 from ..vocabulary import Mode, dtype_name
 
-__all__ = ["StepArgs", "check_step_args", "fit_batch", "fit_batch_size", "profile_step", "run_profile_step"]
+__all__ = ["StepArgs", "check_inputs", "check_step_args", "fit_batch", "optimizer_label", "fit_batch_size", "profile_step", "run_profile_step"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,12 @@ class StepArgs:
                         self.optimizer_settings, self.recipe)
 
 
-def _check_inputs(inputs: Any) -> None:
+def check_inputs(inputs: Any) -> None:
+    """Inputs are a tensor, a tuple or dict of tensors with a batch dimension, or InputSpecs.
+
+    Raises:
+        UsageError: naming what was given.
+    """
     if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(i, InputSpec) for i in inputs):
         return
     if not isinstance(inputs, (torch.Tensor, dict, tuple, list)):
@@ -85,7 +90,7 @@ def check_step_args(
                              "(or inputs / --input NAME:DTYPE:SHAPE)")
         shape = tuple(check_positive_int("input shape dimension", d) for d in input_shape)
     else:
-        _check_inputs(inputs)
+        check_inputs(inputs)
     if isinstance(optimizer, str) or not callable(optimizer):
         check_optimizer(optimizer)
     elif optimizer_settings:
@@ -98,7 +103,8 @@ def check_step_args(
                     bool(estimate), inputs, tuple(sorted(dict(optimizer_settings or {}).items())), recipe)
 
 
-def _optimizer_label(optimizer: Any) -> str:
+def optimizer_label(optimizer: Any) -> str:
+    """An optimizer's name, or the callable's."""
     return optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", type(optimizer).__name__)
 
 
@@ -115,7 +121,7 @@ def run_profile_step(model: nn.Module, args: StepArgs, *, name: str | None = Non
     profile = StepProfile.from_data(build_profile(
         record, name=name or type(model).__name__, batch_size=args.batch_size,
         input_shape=args.input_shape or record.input_shape, device=args.device, dtype=args.dtype,
-        optimizer=_optimizer_label(args.optimizer), mode=Mode.ESTIMATED if args.estimate else Mode.MEASURED,
+        optimizer=optimizer_label(args.optimizer), mode=Mode.ESTIMATED if args.estimate else Mode.MEASURED,
     ))
     if record.traced_on is not None and record.traced_on != args.device and args.device.type == "cuda":
         profile.notes.append("no GPU here: the step was traced with CPU kernels (NOTE [ CUDA estimates without a GPU ])")
@@ -285,7 +291,7 @@ def fit_batch(
         why = f" (the model rejects smaller ones: {rejected})" if start > 1 else ""
         raise UsageError(f"even batch {start} needs {format_bytes(need)} ({what}), more than the budget "
                          f"{format_bytes(memory)} ({memory} bytes){why}")
-    return BatchFit(label, memory, str(base.device), dtype_name(base.dtype), _optimizer_label(base.optimizer), batch,
+    return BatchFit(label, memory, str(base.device), dtype_name(base.dtype), optimizer_label(base.optimizer), batch,
                     probes[batch], smallest_batch_size=start,
                     smallest_peak_bytes=probes[start].peak_bytes, rejected=rejected if start > 1 else "",
                     max_batch_size=max_batch_size, capped=batch == max_batch_size)

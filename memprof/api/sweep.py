@@ -9,11 +9,12 @@ are computed by :mod:`memprof.aggregation.sweep`, the result renders itself
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Union
 
 import torch
+from torch import nn
 
 from ..aggregation.sweep import (
     STATUS_OK,
@@ -26,14 +27,15 @@ from ..aggregation.sweep import (
 )
 from ..errors import is_out_of_memory, out_of_memory
 from ..rendering.sweep import SweepResult
-from ..validation import parse_batch_sizes, parse_mode, parse_names
+from ..validation import UsageError, parse_batch_sizes, parse_input_shape, parse_mode, parse_names
 from ..vocabulary import SWEEP_BATCH_SIZES, SWEEP_MODELS, Mode, dtype_name
-from .step import StepArgs, check_step_args, run_profile_step
-from .table import layer_table
+from .step import StepArgs, check_step_args, optimizer_label, run_profile_step
+from .table import check_table_args, run_layer_table
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
     "DEFAULT_MODELS",
+    "Models",
     "SweepArgs",
     "check_sweep_args",
     "is_out_of_memory",
@@ -47,9 +49,26 @@ DEFAULT_MODELS: tuple[str, ...] = SWEEP_MODELS
 DEFAULT_BATCH_SIZES: tuple[int, ...] = SWEEP_BATCH_SIZES
 
 
+#: What ``models`` may be: registered names (``"vgg19,revvgg"`` or a list), a module, a list of
+#: names and modules, or a mapping of display names to modules or registered names.
+Models = Union[str, nn.Module, Sequence[Union[str, nn.Module]], Mapping[str, Union[str, nn.Module]]]
+
+
 @dataclass(frozen=True)
 class SweepArgs:
-    """Checked arguments of :func:`sweep`."""
+    """Checked arguments of :func:`sweep`.
+
+    Attributes:
+        models: the display names, in order (the first is the savings' reference).
+        batch_sizes, mode, device, dtype: as given.
+        optimizer: the optimizer's label (its name, or the callable's name).
+        modules: display name -> the user's module (registered models are built by name).
+        registered: display name -> registered name, for the models built by the library.
+        input_shape: one float sample's shape for every model (None: a registered model's own).
+        step: the checked training step (optimizer, settings, inputs, loss, autocast,
+            accumulation) at batch 1; each row replaces the batch size and input shape.
+        model_options: options of every registered model's builder (``{"depth": 6}``).
+    """
 
     models: list[str]
     batch_sizes: list[int]
@@ -57,17 +76,59 @@ class SweepArgs:
     device: torch.device
     dtype: torch.dtype
     optimizer: str
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    registered: dict[str, str] = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None
+    step: StepArgs | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
 
 
+def _resolve_models(models: Models) -> tuple[list[str], dict[str, nn.Module], dict[str, str]]:
+    """(display names, name -> user module, name -> registered name); every name checked."""
+    from ..models import list_models
+
+    if isinstance(models, str):
+        names = parse_names(models, "model", list_models())
+        return names, {}, {n: n for n in names}
+    if isinstance(models, nn.Module):
+        models = [models]
+    items: list[tuple[str, Any]] = (list(models.items()) if isinstance(models, Mapping)
+                                    else [(m if isinstance(m, str) else type(m).__name__, m) for m in models])
+    if not items:
+        raise UsageError(f"no models to sweep; allowed: {', '.join(list_models())} or nn.Module instances")
+    names, modules, registered = [], {}, {}
+    for name, m in items:
+        name = str(name).strip()
+        if isinstance(m, str):
+            parse_names([m], "model", list_models())
+            registered[name] = m.strip()
+        elif isinstance(m, nn.Module):
+            modules[name] = m
+        else:
+            raise UsageError(f"model {name!r} is a {type(m).__name__}; allowed: a registered name "
+                             f"({', '.join(list_models())}) or an nn.Module")
+        if not name or name in names:
+            raise UsageError(f"model {name!r} is listed twice; give the models distinct names "
+                             "(a mapping name -> module)" if name else "a model needs a name")
+        names.append(name)
+    return names, modules, registered
+
+
 def check_sweep_args(
-    models: str | Sequence[str] = DEFAULT_MODELS,
+    models: Models = DEFAULT_MODELS,
     batch_sizes: str | Sequence[int] = DEFAULT_BATCH_SIZES,
     mode: str = Mode.ESTIMATED,
     device: str = "cpu",
     dtype: str = "float32",
-    optimizer: str = "sgd",
+    optimizer: Any = "sgd",
     model_options: Mapping[str, Any] | None = None,
+    *,
+    input_shape: Any = None,
+    inputs: Any = None,
+    loss_fn: Any = None,
+    optimizer_settings: Any = None,
+    autocast: Any = None,
+    accumulation_steps: Any = 1,
 ) -> SweepArgs:
     """Every check of :func:`sweep`, in one place, before any work starts.
 
@@ -76,17 +137,25 @@ def check_sweep_args(
     Raises:
         UsageError: naming the bad value and the allowed ones.
     """
-    from ..models import list_models
     from ..models.registry import check_model_options
 
-    names = parse_names(models, "model", list_models())
+    names, modules, registered = _resolve_models(models)
     options = dict(model_options or {})
-    for name in names:
+    if options and modules:
+        raise UsageError("model options are for registered models; build your nn.Module with the options instead")
+    for name in registered.values():
         check_model_options(name, options)
     sizes = parse_batch_sizes(batch_sizes)
     checked_mode = parse_mode(mode)
-    step = check_step_args(1, (3, 32, 32), optimizer, dtype, device, checked_mode is Mode.ESTIMATED)
-    return SweepArgs(names, sizes, checked_mode, step.device, step.dtype, step.optimizer, options)
+    shape = None if input_shape is None else parse_input_shape(input_shape)
+    if inputs is None and shape is None and modules:
+        raise UsageError(f"model {next(iter(modules))!r} is not registered: give its input shape (input_shape=, "
+                         "--input-shape 3,32,32) or its inputs (inputs=, --input NAME:DTYPE:SHAPE[:RANGE])")
+    step = check_step_args(1, shape or (3, 32, 32), optimizer, dtype, device, checked_mode is Mode.ESTIMATED,
+                           inputs=inputs, loss_fn=loss_fn, optimizer_settings=optimizer_settings, autocast=autocast,
+                           accumulation_steps=accumulation_steps)
+    return SweepArgs(names, sizes, checked_mode, step.device, step.dtype, optimizer_label(step.optimizer),
+                     modules, registered, shape, step, options)
 
 
 def _free_memory(device: torch.device) -> None:
@@ -95,13 +164,28 @@ def _free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _measure_row(name: str, model: torch.nn.Module, b: int, args: SweepArgs) -> dict[str, Any]:
-    """The four figures of one (model, batch size): its table's totals and its step's profile."""
+def _input_shape(name: str, args: SweepArgs) -> tuple[int, ...]:
+    """One float sample's shape for this model: the one given, else the registered model's (none with inputs)."""
     from ..models import get_model_info
 
-    table = layer_table(name, batch_size=b, dtype=dtype_name(args.dtype), model_options=args.model_options)
-    shape = get_model_info(name).input_shape_for(args.model_options)
-    step = StepArgs(b, shape, args.optimizer, args.dtype, args.device, args.mode is Mode.ESTIMATED)
+    if args.step is not None and args.step.inputs is not None:
+        return ()
+    if args.input_shape is not None:
+        return args.input_shape
+    return tuple(get_model_info(args.registered[name]).input_shape_for(args.model_options))
+
+
+def _measure_row(name: str, model: torch.nn.Module, b: int, args: SweepArgs) -> dict[str, Any]:
+    """The four figures of one (model, batch size): its table's totals and its step's profile."""
+    base = args.step or check_step_args(1, (3, 32, 32), args.optimizer, args.dtype, args.device,
+                                        args.mode is Mode.ESTIMATED)
+    shape = _input_shape(name, args)
+    table_model: str | nn.Module = args.registered.get(name) or model
+    table = run_layer_table(check_table_args(
+        table_model, shape or None, b, dtype_name(args.dtype),
+        model_options=args.model_options if isinstance(table_model, str) else None, inputs=base.inputs),
+                            None if isinstance(table_model, str) else model)
+    step = replace(base, batch_size=b, input_shape=shape)
     return row_figures(table.totals, run_profile_step(model, step, name=name))
 
 
@@ -110,7 +194,8 @@ def _sweep_model(name: str, args: SweepArgs, bar: Any) -> list[dict[str, Any]]:
     from ..models import get_model
 
     torch.manual_seed(0)
-    model = get_model(name, **args.model_options)
+    model = (args.modules[name] if name in args.modules
+             else get_model(args.registered.get(name, name), **args.model_options))
     rows, failed = [], False
     for b in args.batch_sizes:
         bar.set_postfix_str(f"{name} batch {b}")
@@ -155,13 +240,19 @@ def run_sweep(args: SweepArgs, *, progress: bool | None = True) -> SweepResult:
 
 
 def sweep(
-    models: str | Sequence[str] = DEFAULT_MODELS,
+    models: Models = DEFAULT_MODELS,
     batch_sizes: str | Sequence[int] = DEFAULT_BATCH_SIZES,
     *,
     mode: str = Mode.ESTIMATED,
     device: str = "cpu",
     dtype: str = "float32",
-    optimizer: str = "sgd",
+    optimizer: str | Callable[[Any], torch.optim.Optimizer] = "sgd",
+    input_shape: Sequence[int] | str | None = None,
+    inputs: Any = None,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    optimizer_settings: dict[str, Any] | None = None,
+    autocast: str | torch.dtype | None = None,
+    accumulation_steps: int = 1,
     progress: bool | None = True,
     model_options: Mapping[str, Any] | None = None,
 ) -> SweepResult:
@@ -172,13 +263,22 @@ def sweep(
     not tried (status ``skipped``), since they would fail as well.
 
     Args:
-        models: registered names, ``"vgg19,revvgg"`` or a list; the first is the reference.
+        models: registered names, ``"vgg19,revvgg"`` or a list; or your own ``nn.Module``, a list
+            of names and modules (a module is named by its class), or a mapping of display names
+            to modules or registered names (``{"lstm": MyLSTM(), "ref": "vgg19"}``). The first is
+            the reference. A module is not modified (each step runs on a copy).
         batch_sizes: ``"1,8,64"``, ``"1,2,4,...,1024"`` (NOTE [ Batch-size progressions ]) or
             a list of integers.
         mode: ``estimated`` (FakeTensorMode: nothing allocated, default) or ``measured``.
         device: ``cpu`` or ``cuda`` (a CUDA estimate applies the caching-allocator model).
         dtype: ``float32``, ``bfloat16`` or ``float16``.
-        optimizer: ``sgd`` (momentum 0.9, the deck's) or ``adam``.
+        optimizer: ``sgd`` (momentum 0.9, the deck's), ``adam``, ``adamw`` or ``params -> Optimizer``.
+        input_shape: one float sample's shape for every model (default: a registered model's own;
+            required for a module unless ``inputs`` is given).
+        inputs, loss_fn, optimizer_settings, autocast, accumulation_steps: the training step, as
+            for :func:`memprof.profile_step` (``inputs``: example tensors, a tuple or dict of
+            them, or :class:`~memprof.recording.user_step.InputSpec` s; the batch dimension
+            follows each batch size). They apply to every model of the sweep.
         progress: show a tqdm progress bar on stderr (None: only on a terminal).
         model_options: options of every model's builder (``{"depth": 6}`` for ``vit,revvit``).
 
@@ -188,5 +288,7 @@ def sweep(
     Raises:
         UsageError: for any bad argument, before any work starts.
     """
-    return run_sweep(check_sweep_args(models, batch_sizes, mode, device, dtype, optimizer, model_options),
-                     progress=progress)
+    return run_sweep(check_sweep_args(models, batch_sizes, mode, device, dtype, optimizer, model_options,
+                                      input_shape=input_shape, inputs=inputs, loss_fn=loss_fn,
+                                      optimizer_settings=optimizer_settings, autocast=autocast,
+                                      accumulation_steps=accumulation_steps), progress=progress)

@@ -58,6 +58,8 @@ class TableArgs:
         from ..models.registry import model_label
 
         return None if self.model is None else model_label(self.model, dict(self.model_options))
+    #: example inputs or InputSpecs instead of one float input of ``input_shape`` (as :func:`memprof.profile_step` takes them)
+    inputs: Any = None
 
 
 def _registered(model: str, input_shape: Any, depth: int | None,
@@ -94,13 +96,16 @@ def check_table_args(
     depth: Any = None,
     device: str = "meta",
     model_options: Mapping[str, Any] | None = None,
+    *,
+    inputs: Any = None,
 ) -> TableArgs:
     """Every check of :func:`layer_table`, in one place, before any work starts.
 
     Args:
         model: a registered name, an ``nn.Module``, or None for a module that is not built yet
             (the CLI's ``package.module:factory``).
-        input_shape, batch_size, dtype, depth, device, model_options: as for :func:`layer_table`.
+        input_shape, batch_size, dtype, depth, device, model_options, inputs: as for
+            :func:`layer_table`.
 
     Returns:
         The checked :class:`TableArgs`.
@@ -116,15 +121,23 @@ def check_table_args(
         raise UsageError("device 'cuda' is not available here; allowed: meta, cpu")
     if depth is not None:
         depth = check_non_negative_int("depth", depth)
+    if inputs is not None:
+        from .step import check_inputs
+
+        check_inputs(inputs)
     if isinstance(model, str):
         options = dict(model_options or {})
         shape, depth, seed, seed_note = _registered(model, input_shape, depth, options)
+        if inputs is not None:  # the deck's table is for its own (3,32,32) input
+            shape, seed, seed_note = (), None, None
         return TableArgs(model, shape, batch_size, DTYPES[name_of_dtype], depth, device, seed, seed_note,
-                         tuple(sorted(options.items())))
+                         model_options=tuple(sorted(options.items())), inputs=inputs)
     if model_options:
         raise UsageError("model options are for a registered model; build your nn.Module with the options instead")
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a registered name or an nn.Module, got {type(model).__name__}")
+    if inputs is not None:
+        return TableArgs(None, (), batch_size, DTYPES[name_of_dtype], depth, device, None, None, inputs=inputs)
     if input_shape is None:
         what = "a model" if model is None else f"a {type(model).__name__}"
         raise UsageError(
@@ -166,7 +179,7 @@ def run_layer_table(args: TableArgs, module: nn.Module | None = None, *, all_row
         name = type(module).__name__
     recording = record_layers(
         module, args.input_shape, batch_size=args.batch_size, dtype=args.dtype,
-        depth=args.depth, device=args.device, model_name=name,
+        depth=args.depth, device=args.device, model_name=name, inputs=args.inputs,
     )
     notes = [args.seed_note] if args.seed_note else []
     return LayerTable.from_data(build_layer_table(recording, all_rows=all_rows, seed=args.seed, notes=notes))
@@ -182,6 +195,7 @@ def layer_table(
     device: str = "meta",
     all_rows: bool = False,
     model_options: Mapping[str, Any] | None = None,
+    inputs: Any = None,
 ) -> LayerTable:
     """The per-layer table of a model: the deck's columns beside what autograd really saves.
 
@@ -206,6 +220,9 @@ def layer_table(
         model_options: options of a registered model's builder (``get_model(name, **options)``:
             ``depth``, ``width``, ``heads``... for ``vit`` and ``revvit``, ``reversible``);
             checked before anything is built.
+        inputs: instead of one float input of ``input_shape``: example inputs or
+            :class:`~memprof.recording.user_step.InputSpec` s, as :func:`memprof.profile_step`
+            takes them (token ids, a dict of tensors, ...).
 
     Returns:
         A :class:`~memprof.rendering.layer_table.LayerTable`; ``print()`` it, or call
@@ -217,5 +234,5 @@ def layer_table(
             layers that ran).
         TypeError: if ``model`` is neither a name nor an ``nn.Module``.
     """
-    args = check_table_args(model, input_shape, batch_size, dtype, depth, device, model_options)
+    args = check_table_args(model, input_shape, batch_size, dtype, depth, device, model_options, inputs=inputs)
     return run_layer_table(args, None if isinstance(model, str) else model, all_rows=all_rows)

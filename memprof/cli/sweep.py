@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..vocabulary import DTYPE_NAMES, FORMATS, SWEEP_BATCH_SIZES, SWEEP_MODELS, Mode
 
@@ -16,7 +17,7 @@ HELP = ("memory of models over batch sizes and the savings against the first; wr
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ._common import add_model_option
+    from ._common import add_model_option, add_step_options
 
     models = ",".join(SWEEP_MODELS)
     sizes = ",".join(map(str, SWEEP_BATCH_SIZES))
@@ -28,8 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "saving against the first model. Prints a table; writes OUT/sweep.csv and OUT/sweep.png.",
     )
     p.add_argument("--models", default=models,
-                   help=f"comma-separated registered models, the first is the reference (default: {models})")
-    add_model_option(p, "every model's")
+                   help=f"comma-separated registered models or package.module:factory (a callable returning an "
+                   f"nn.Module; needs --input-shape or --input), the first is the reference (default: {models})")
+    add_model_option(p, "every registered model's")
+    p.add_argument("--input-shape", default=None,
+                   help="one float sample's shape for every model, e.g. 3,32,32 (default: a registered model's own)")
     p.add_argument("--batch-sizes", default=sizes,
                    help=f"comma-separated batch sizes; '...' continues a progression, e.g. 1,2,4,...,1024 "
                    f"(default: {sizes})")
@@ -41,10 +45,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "'out of memory' (default: off)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPE_NAMES)} (default: float32)")
-    p.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam (default: sgd)")
+    add_step_options(p)
     p.add_argument("--out", default=".", help="directory for sweep.csv and sweep.png (default: .)")
     p.add_argument("--format", default="text", help=f"printed table: {', '.join(FORMATS)} (default: text)")
     p.set_defaults(func=run, mode=Mode.ESTIMATED.value)
+
+
+def _models(spec: str) -> Any:
+    """The --models value as is (registered names), or name -> module for package.module:factory specs."""
+    from ._common import load_model
+
+    parts = [p.strip() for p in spec.split(",")]
+    if not any(":" in p for p in parts):
+        return spec
+    return {p: load_model(p) for p in parts if p}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,15 +70,21 @@ def run(args: argparse.Namespace) -> int:
     options = shared_model_options(args.model_option, args.models)
     from ..api.sweep import check_sweep_args, run_sweep
     from ..reports.sweep import write_sweep_files
+    from ._common import step_options
 
-    checked = check_sweep_args(args.models, args.batch_sizes, args.mode, args.device, args.dtype, args.optimizer,
-                               options)
+    step = step_options(args)
+    checked = check_sweep_args(_models(args.models), args.batch_sizes, args.mode, args.device, args.dtype,
+                               model_options=options, input_shape=args.input_shape, **step)
     out = check_output_dir(args.out)
     result = run_sweep(checked, progress=None)
     sys.stdout.write(result.render(fmt))
+    extra = "".join(f" --input {s}" for s in args.input or ())
+    extra += f" --input-shape {args.input_shape}" if args.input_shape else ""
+    extra += f" --autocast {args.autocast}" if args.autocast else ""
+    extra += f" --accumulation-steps {args.accumulation_steps}" if str(args.accumulation_steps) != "1" else ""
     command = (f"memprof sweep --models {','.join(checked.models)} "
                f"--batch-sizes {','.join(map(str, checked.batch_sizes))} --{_FLAG[checked.mode]} --device {args.device} "
-               f"--dtype {args.dtype} --optimizer {args.optimizer}"
+               f"--dtype {args.dtype} --optimizer {args.optimizer}{extra}"
                + "".join(f" --model-option {spec}" for spec in args.model_option or ()))
     for path in write_sweep_files(result, out, command):
         print(f"wrote {path}", file=sys.stderr)

@@ -386,6 +386,40 @@ def make_input(shape: Sequence[int], batch_size: int, dtype: torch.dtype, device
     return torch.randn(size, generator=gen, dtype=dtype, device=device)
 
 
+def _batch(inputs: Any, batch_size: int, dtype: torch.dtype, device: torch.device, mode: Any = None) -> Any:
+    """The batch a training step would take (``StepSpec`` inputs); fake when ``mode`` is a FakeTensorMode."""
+    from .runner import StepSpec, fake_inputs, make_batch
+    from .user_step import resize_batch
+
+    if mode is None:
+        return make_batch(StepSpec(batch_size, inputs=inputs), device, dtype, 0)
+    real = make_batch(StepSpec(1, inputs=inputs), device, dtype, 0)  # one real sample, then fake and repeated
+    with mode:
+        return resize_batch(fake_inputs(real, mode, device), batch_size)
+
+
+def _call_args(x: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` of ``model(x)``, ``model(*x)`` or ``model(**x)``."""
+    if isinstance(x, torch.Tensor):
+        return (x,), {}
+    if isinstance(x, dict):
+        return (), dict(x)
+    return tuple(x), {}
+
+
+def _shape_text(input_shape: Sequence[int]) -> str:
+    return "input shape (" + ",".join(str(v) for v in input_shape) + ")"
+
+
+def _describe_inputs(x: Any) -> str:
+    """``inputs input_ids (2, 16) int64, ...`` for an error message."""
+    from ..vocabulary import dtype_name
+
+    items = (x.items() if isinstance(x, dict) else enumerate([x] if isinstance(x, torch.Tensor) else x))
+    return "inputs " + ", ".join(f"{k} {tuple(v.shape)} {dtype_name(v.dtype)}" for k, v in items
+                                 if isinstance(v, torch.Tensor))
+
+
 def record_layers(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -395,6 +429,7 @@ def record_layers(
     depth: int | None = None,
     device: str = "meta",
     model_name: str | None = None,
+    inputs: Any = None,
 ) -> Recording:
     """Run one training-mode forward (no backward) and record one row per layer call.
 
@@ -409,6 +444,10 @@ def record_layers(
             leaves above that; None for every leaf. 0 makes the whole model one row.
         device: "meta" (default: exact shapes and storages, no arithmetic) or a real device.
         model_name: the name shown in the result (default: the class name).
+        inputs: instead of one float input of ``input_shape``: example inputs (a tensor, a
+            tuple for ``model(*inputs)`` or a dict for ``model(**inputs)``, their batch dimension
+            repeated or cut to ``batch_size``) or a list of
+            :class:`~memprof.recording.user_step.InputSpec`, as a training step takes them.
 
     Returns:
         The :class:`Recording`.
@@ -428,11 +467,17 @@ def record_layers(
     fake = _fake_cpu_context() if dev.type == "meta" else None
     if fake is None:
         subs = _substitutes(model, dev, dtype)
-        x = make_input(input_shape, batch_size, dtype, dev)
+        x = make_input(input_shape, batch_size, dtype, dev) if inputs is None else _batch(inputs, batch_size, dtype, dev)
     else:
         with fake.mode:
             subs = _substitutes(model, torch.device("cpu"), dtype, empty=True)
-            x = torch.empty((batch_size, *input_shape), dtype=dtype)
+        if inputs is None:
+            with fake.mode:
+                x = torch.empty((batch_size, *input_shape), dtype=dtype)
+        else:
+            x = _batch(inputs, batch_size, dtype, torch.device("cpu"), fake.mode)
+    args, kwargs = _call_args(x)
+    given = _shape_text(input_shape) if inputs is None else _describe_inputs(x)
     excluded = {k for k in (storage_key(t) for t in subs.values()) if k is not None}
     recorder = _Recorder(model, depth, excluded)
     handles = []
@@ -446,10 +491,10 @@ def record_layers(
                 fake.run() if fake is not None else contextlib.nullcontext(), \
                 torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t):
             try:
-                out = torch.func.functional_call(model, subs, (x,), strict=False)
+                out = torch.func.functional_call(model, subs, args, kwargs, strict=False)
             except Exception as exc:
                 raise _forward_error(
-                    model_name or type(model).__name__, recorder, input_shape, exc, dev.type
+                    model_name or type(model).__name__, recorder, given, exc, dev.type
                 ) from exc
         del out  # the graph (and every saved storage) lived until here, so keys were unique
     finally:
@@ -479,9 +524,7 @@ def record_layers(
     )
 
 
-def _forward_error(
-    model: str, recorder: _Recorder, input_shape: Sequence[int], exc: Exception, device: str
-) -> ForwardError:
+def _forward_error(model: str, recorder: _Recorder, given: str, exc: Exception, device: str) -> ForwardError:
     ran = [r.name for r in recorder.records if r.finished and r.kind == "module"]
     failing = [f for f in recorder.stack if f.name != ""]
     where = (
@@ -494,7 +537,6 @@ def _forward_error(
     else:
         ran_text = "before any layer finished"
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    shape = "(" + ",".join(str(v) for v in input_shape) + ")"
     hint = ""
     from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 
@@ -502,6 +544,6 @@ def _forward_error(
     if device == "meta" and (isinstance(exc, no_data) or "meta" in first.lower()):
         hint = " (an op the meta device cannot run, e.g. data-dependent code: try device='cpu')"
     return ForwardError(
-        f"input shape {shape} does not fit {model}: forward failed {where} "
+        f"{given} does not fit {model}: forward failed {where} "
         f"{ran_text}: {type(exc).__name__}: {first}{hint}"
     )

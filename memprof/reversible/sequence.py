@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -216,11 +217,26 @@ class _SavedOutput:
         return y
 
 
-@torch.compiler.disable  # dynamo breaks the graph around each node anyway (NOTE in test_reversible)
-def _saved_tensor_hooks() -> tuple[Any, Any] | None:
-    """The (pack, unpack) hooks a tensor saved now would go through, or None."""
+def _read_saved_tensor_hooks() -> tuple[Any, Any] | None:
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
     return top(False) if top is not None else None
+
+
+# NOTE [ Keeping dynamo out of the read of the saved-tensor hooks, lazily ]
+# Dynamo must not trace the read of the saved-tensor hooks (it breaks the graph around each
+# reversible node anyway: NOTE in test_reversible). ``@torch.compiler.disable`` at import time
+# imports torch._dynamo, about 1.5 s of every `import memprof` that never compiles anything.
+# ``torch._disable_dynamo`` (the wrapper torch uses inside itself for the same reason) imports
+# dynamo at its first call instead, and that call is only made once dynamo is loaded: nothing
+# can be compiling before torch.compile has imported it.
+_read_saved_tensor_hooks_outside_dynamo = torch._disable_dynamo(_read_saved_tensor_hooks)
+
+
+def _saved_tensor_hooks() -> tuple[Any, Any] | None:
+    """The (pack, unpack) hooks a tensor saved now would go through, or None."""
+    if "torch._dynamo" in sys.modules:  # someone may be compiling (NOTE [ Keeping dynamo out ... ])
+        return _read_saved_tensor_hooks_outside_dynamo()
+    return _read_saved_tensor_hooks()
 
 
 def _keep_graph() -> bool:
