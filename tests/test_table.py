@@ -366,6 +366,31 @@ def test_reports_are_current(tmp_path: Path) -> None:
         assert committed.read_text() == text, f"{committed} is stale: run `memprof report tables`"
 
 
+def test_shipped_cache_is_current(capsys) -> None:
+    """memprof/shipped_cache/ holds, for each shipped command, its output now and the hashes of its modules now."""
+    from memprof import cache
+    from memprof.cli import build_parser
+    from memprof.cli._common import model_options
+    from memprof.cli.table import _resolve_builtin
+    from memprof.reports.tables import SHIPPED_COMMANDS
+
+    stale = "run `memprof report tables`"
+    assert len(SHIPPED_COMMANDS) == 20
+    expected = set()
+    for argv in SHIPPED_COMMANDS:
+        args = build_parser(list(argv)).parse_args(list(argv))
+        key = cache.cache_key("table", _resolve_builtin(args, args.format, model_options(args)))
+        path = cache.SHIPPED_DIR / cache.entry_name(key)
+        expected.add(path)
+        assert path.is_file(), f"no shipped entry {path.name} for `memprof {' '.join(argv)}`: {stale}"
+        entry = cache.read_entry(path)
+        assert cache._valid(entry, key, {}) is not None, f"{path.name}: its modules changed since: {stale}"
+        assert main([*argv, "--no-cache"]) == 0
+        assert entry["output"] == capsys.readouterr().out, f"{path.name} is stale: {stale}"
+    extra = set(cache.SHIPPED_DIR.rglob("*.json")) - expected
+    assert not extra, f"shipped entries no command names: {sorted(p.name for p in extra)}: {stale}"
+
+
 def test_report_equals_the_command_it_names(capsys) -> None:
     text = (REPO / "reports" / "revvgg.md").read_text()
     assert "`memprof table revvgg --format markdown --seed-table` prints the same tables." in text
