@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=d.model, choices=BUILTIN_MODELS, help=f"model to train (default: {d.model})")
     from ._common import add_model_option
 
-    add_model_option(p, whose="--model's")
+    add_model_option(p, whose="--model's", without=("reversible",))  # --reversible/--no-reversible
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default: {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"global batch size, split over the torchrun processes (default: {d.batch_size})")
