@@ -294,7 +294,7 @@ def test_first_table_on_a_fresh_clone_comes_from_the_shipped_entries(cache, caps
 
     proc, out, imported = run_memprof("table", "vgg19")
     assert proc.returncode == 0 and proc.stderr == ""
-    assert not imported, imported
+    assert not imported, f"{imported}: the shipped entry missed (stale? run `memprof report tables`)"
     assert entries(cache) == []  # a shipped hit writes nothing
     assert main(["table", "vgg19", "--no-cache"]) == 0
     assert out == capsys.readouterr().out
@@ -324,7 +324,7 @@ def test_an_edited_dependency_misses_and_another_file_does_not(tmp_path):
     with (root / "memprof" / "train" / "loop.py").open("a", encoding="utf-8") as f:  # not imported by table
         f.write("\n# an edit\n")
     proc, expected, imported = _run_in(root, tmp_path / "c1", "table", "revvgg", "--format", "csv")
-    assert proc.returncode == 0 and not imported, (proc.stderr, imported)
+    assert proc.returncode == 0 and not imported, (proc.stderr, imported, "stale? run `memprof report tables`")
     with (root / "memprof" / "rendering" / "layer_table.py").open("a", encoding="utf-8") as f:
         f.write("\n# an edit\n")
     proc, out, imported = _run_in(root, tmp_path / "c2", "table", "revvgg", "--format", "csv")
