@@ -6,9 +6,12 @@ and its wall time. The table gives the range over the rounds and the ratio of ea
 median CPU time to ``import torch`` in a fresh interpreter: a command under 1.0 does not pay
 for torch.
 
-``memprof table vgg19`` runs twice: cold (``--no-cache``: records the forward, imports torch)
-and cached (from a result cache warmed once before the rounds, in a temporary directory;
-NOTE [ The result cache ] in ``memprof/cli/_cache.py``).
+``memprof table`` runs three ways: cold (``--no-cache``: records the forward, imports torch);
+``vgg19`` on a fresh clone (a copy of the package without ``__pycache__``, made anew each
+round, and an empty user cache: the entry shipped in ``memprof/shipped_cache/`` answers, and
+Python compiles every module it imports, as on a first run); and ``vgg19 --batch-size 64``
+from the user's cache, warmed once before the rounds in a temporary directory (NOTE [ The
+result cache ] in ``memprof/cache.py``).
 
 Usage::
 
@@ -44,17 +47,25 @@ COMMANDS: dict[str, list[str]] = {
     "memprof fit vgg19 --memory -5GiB (error)": [*MEMPROF, "fit", "vgg19", "--memory", "-5GiB"],
     "memprof table vgg19 --batch-size 0 (error)": [*MEMPROF, "table", "vgg19", "--batch-size", "0"],
     "memprof train --amp fp8 (error)": [*MEMPROF, "train", "--amp", "fp8"],
+    "memprof train --epochs 0 (error)": [*MEMPROF, "train", "--epochs", "0"],
+    "memprof train --model vit --model-option width=100 (error)": [*MEMPROF, "train", "--model", "vit",
+                                                                   "--model-option", "width=100"],
     "memprof table vgg19 (cold: --no-cache)": [*MEMPROF, "table", "vgg19", "--no-cache"],
-    "memprof table vgg19 (cached)": [*MEMPROF, "table", "vgg19"],
+    "memprof table vgg19 (fresh clone: shipped)": [*MEMPROF, "table", "vgg19"],
+    "memprof table vgg19 --batch-size 64 (user cache)": [*MEMPROF, "table", "vgg19", "--batch-size", "64"],
 }
+#: run from a fresh copy of the package with an empty user cache, made anew before each run
+FRESH_CLONE = "memprof table vgg19 (fresh clone: shipped)"
+#: warmed once before the rounds
+USER_CACHE = "memprof table vgg19 --batch-size 64 (user cache)"
 REFERENCE = "python -c 'import torch'"
 
 
-def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+def run_once(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of one fresh process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -67,18 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     env.pop("MEMPROF_NO_CACHE", None)
-    env["MEMPROF_CACHE_DIR"] = tempfile.mkdtemp(prefix="memprof-startup-cache-")
-    subprocess.run(COMMANDS["memprof table vgg19 (cached)"], env=env, stdout=subprocess.DEVNULL, check=True)  # warm
+    scratch = Path(tempfile.mkdtemp(prefix="memprof-startup-"))
+    env["MEMPROF_CACHE_DIR"] = str(scratch / "cache")
+    subprocess.run(COMMANDS[USER_CACHE], env=env, stdout=subprocess.DEVNULL, check=True)  # warm
     cpu: dict[str, list[float]] = {k: [] for k in COMMANDS}
     wall: dict[str, list[float]] = {k: [] for k in COMMANDS}
     try:
-        for _ in range(args.rounds):
+        for i in range(args.rounds):
             for label, command in COMMANDS.items():
-                c, w = run_once(command, env)
+                if label == FRESH_CLONE:
+                    clone = scratch / f"clone{i}"
+                    shutil.copytree(ROOT / "memprof", clone / "memprof", ignore=shutil.ignore_patterns("__pycache__"))
+                    fresh = dict(env, PYTHONPATH=str(clone), MEMPROF_CACHE_DIR=str(clone / "empty-cache"))
+                    c, w = run_once(command, fresh, cwd=clone)
+                else:
+                    c, w = run_once(command, env)
                 cpu[label].append(c)
                 wall[label].append(w)
     finally:
-        shutil.rmtree(env["MEMPROF_CACHE_DIR"], ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     ref = statistics.median(cpu[REFERENCE])
     width = max(map(len, COMMANDS))
     print(f"startup, {args.rounds} interleaved rounds, fresh process each; CPU = user + system of the child")

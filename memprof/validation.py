@@ -12,6 +12,7 @@ depend on a registry (model or strategy names) take the allowed names as an argu
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -23,11 +24,23 @@ if TYPE_CHECKING:  # NOTE [ Starting without torch ] (vocabulary): imported wher
     import torch
 
 from .units import parse_bytes
-from .vocabulary import DTYPE_NAMES, FORMATS, MODES, OPTIMIZERS, Mode
+from .vocabulary import (
+    AMP_MODES,
+    DTYPE_NAMES,
+    FORMATS,
+    MODEL_OPTIONS,
+    MODES,
+    OPTIMIZERS,
+    TRAIN_DATASETS,
+    TRAIN_DEVICES,
+    Mode,
+)
 
 __all__ = [
     "BATCH_SIZE_LIMIT",
+    "TRAIN_CHECKED",
     "UsageError",
+    "check_amp_device",
     "check_choice",
     "check_device",
     "check_format",
@@ -36,6 +49,8 @@ __all__ = [
     "check_output_dir",
     "check_output_file",
     "check_positive_int",
+    "check_train_settings",
+    "check_vit_shape",
     "parse_batch_sizes",
     "parse_dtype",
     "parse_input_shape",
@@ -236,7 +251,9 @@ def parse_model_options(specs: Sequence[str] | Mapping[str, Any] | None, model: 
 
     Raises:
         UsageError: for a string not of the form NAME=VALUE, an option the model does not take
-            (listing the ones it takes), an option given twice, or a value of the wrong type.
+            (listing the ones it takes), an option given twice, a value of the wrong type, or
+            values that do not go together where the rule is plain arithmetic (a ViT width not
+            divisible by its heads: :func:`check_vit_shape`, the builders' own check).
     """
     options: dict[str, Any] = {}
     items = list(specs.items()) if isinstance(specs, Mapping) else [(None, s) for s in specs or ()]
@@ -251,7 +268,122 @@ def parse_model_options(specs: Sequence[str] | Mapping[str, Any] | None, model: 
         if name in options:
             raise UsageError(f"model option {name!r} is given twice")
         options[name] = _option_value(model, name, spec.strip(), accepted[name]) if isinstance(spec, str) else spec
+    if model in _VIT_MODELS:  # NOTE [ Starting without torch ]: the builders' check, before torch
+        defaults = {k: v for k, v in MODEL_OPTIONS[model].items() if k != "reversible"}
+        check_vit_shape({**defaults, **{k: v for k, v in options.items() if k != "reversible"}})
     return options
+
+
+#: The built-in models whose options are a ViT's shape (:data:`memprof.vocabulary.MODEL_OPTIONS`).
+_VIT_MODELS = ("vit", "revvit")
+
+#: A ViT's shape: the fields of ``memprof.models.vit.ViTConfig``.
+_VIT_FIELDS = ("width", "depth", "heads", "patch", "mlp_ratio", "image_size", "in_channels")
+
+
+def check_vit_shape(shape: Mapping[str, Any]) -> None:
+    """Check a ViT's shape (every field of ``ViTConfig``) without building or importing anything.
+
+    Raises:
+        UsageError: for a field that is not a positive integer, a width not divisible by the
+            heads, or an image size not divisible by the patch; the message names the values.
+    """
+    for name in _VIT_FIELDS:
+        value = shape[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UsageError(f"ViT {name} must be a positive integer, got {value!r}")
+    if shape["width"] % shape["heads"]:
+        raise UsageError(f"ViT width {shape['width']} is not divisible by heads {shape['heads']}; "
+                         f"use a width that is a multiple of {shape['heads']}")
+    if shape["image_size"] % shape["patch"]:
+        raise UsageError(f"input size {shape['image_size']} is not divisible by the patch size {shape['patch']}")
+
+
+def _check_float(name: str, value: Any, *, low: float, low_open: bool, high: float | None = None,
+                 high_open: bool = True, allowed: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a number ({allowed}), got {value!r}") from None
+    bad = (
+        not math.isfinite(v)
+        or (v <= low if low_open else v < low)
+        or (high is not None and (v >= high if high_open else v > high))
+    )
+    if bad:
+        raise UsageError(f"{name} must be {allowed}, got {value!r}")
+    return v
+
+
+def _check_count(name: str, value: Any, zero: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"{name} must be an integer >= 0{zero}, got {value!r}")
+    return value
+
+
+#: The settings of ``memprof.train.TrainConfig`` that :func:`check_train_settings` checks.
+TRAIN_CHECKED = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_step", "warmup_epochs", "gamma",
+                 "checkpoint_every", "limit_batches", "num_workers", "synthetic_size", "num_classes", "amp",
+                 "device", "dataset", "model_options")
+
+
+def check_train_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers and words of a training run, checked without torch, files or the network.
+
+    ``memprof.train.check_train_config`` runs these checks (and then those that need torch or
+    the disk: CUDA, the data, the resume file, the output directory); ``memprof train`` runs
+    them before it imports torch, so a bad number is answered at once, with the same line.
+
+    Args:
+        settings: a value for every name of :data:`TRAIN_CHECKED` (TrainConfig's field names).
+
+    Returns:
+        The settings normalised (numbers as int or float, ``amp`` as its string).
+
+    Raises:
+        UsageError: for non-positive epochs, batch size, learning rate, lr step, synthetic size,
+            number of classes or limit of batches; momentum outside [0, 1); negative weight
+            decay, warm-up epochs, checkpoint interval or workers; gamma outside (0, 1]; an
+            unknown amp mode, device or dataset; fp16 asked for on the CPU; model options that
+            are no mapping or hold ``reversible`` (a setting of its own). The model's name and
+            its options' names and values are checked where the model registry is known.
+    """
+    s = {name: settings[name] for name in TRAIN_CHECKED}
+    s["epochs"] = check_positive_int("epochs", s["epochs"])
+    s["batch_size"] = check_positive_int("batch size", s["batch_size"])
+    s["lr"] = _check_float("learning rate", s["lr"], low=0.0, low_open=True, allowed="a positive number")
+    s["momentum"] = _check_float("momentum", s["momentum"], low=0.0, low_open=False, high=1.0, allowed="in [0, 1)")
+    s["weight_decay"] = _check_float("weight decay", s["weight_decay"], low=0.0, low_open=False,
+                                     allowed="a number >= 0")
+    s["lr_step"] = check_positive_int("lr step", s["lr_step"])
+    s["warmup_epochs"] = _check_count("warmup epochs", s["warmup_epochs"], " (0: no warm-up)")
+    s["gamma"] = _check_float("gamma", s["gamma"], low=0.0, low_open=True, high=1.0, high_open=False,
+                              allowed="in (0, 1]")
+    s["checkpoint_every"] = _check_count("checkpoint every", s["checkpoint_every"], " (0: only at the end)")
+    if s["limit_batches"] is not None:
+        s["limit_batches"] = check_positive_int("limit batches", s["limit_batches"])
+    s["num_workers"] = _check_count("num workers", s["num_workers"], "")
+    s["synthetic_size"] = check_positive_int("synthetic size", s["synthetic_size"])
+    s["num_classes"] = check_positive_int("num classes", s["num_classes"])
+    s["amp"] = str(check_choice("amp mode", str(getattr(s["amp"], "value", s["amp"])), AMP_MODES))
+    check_choice("device", s["device"], TRAIN_DEVICES)
+    check_amp_device(s["amp"], s["device"])
+    check_choice("dataset", s["dataset"], TRAIN_DATASETS)
+    options = s["model_options"] if s["model_options"] is not None else {}
+    if not isinstance(options, Mapping):
+        raise UsageError(f"model options must be a mapping of option name to value, got {options!r}")
+    if "reversible" in options:
+        raise UsageError("model option 'reversible' is the training's own setting: use --reversible or "
+                         "--no-reversible (TrainConfig.reversible)")
+    s["model_options"] = dict(options)
+    return s
+
+
+def check_amp_device(amp: str, device: str) -> None:
+    """fp16 training needs CUDA (a gradient scaler); ``auto`` is checked once it is resolved."""
+    if amp == "fp16" and device not in ("cuda", "auto"):
+        raise UsageError("amp mode 'fp16' needs CUDA (float16 training uses a CUDA gradient scaler); "
+                         "on the CPU use: off, bf16")
 
 
 # NOTE [ Batch-size progressions ]

@@ -204,7 +204,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "model": "revvgg", "epochs": 300, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
     "lr_step": 50, "warmup_epochs": 0, "gamma": 0.1, "dataset": "cifar10", "data_dir": "./data",
     "download": True, "synthetic_size": 512, "device": "auto", "amp": "off", "reversible": True,
-    "checkpoint_every": 0, "num_workers": 0, "seed": 0,
+    "checkpoint_every": 0, "num_workers": 0, "seed": 0, "num_classes": 10,
 }
 
 

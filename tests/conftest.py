@@ -38,6 +38,6 @@ def golden(request: pytest.FixtureRequest):
 
 @pytest.fixture(autouse=True)
 def _no_result_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test computes its results: the CLI's result cache (memprof.cli._cache) is off unless a
+    """Every test computes its results: the CLI's result cache (memprof.cache), shipped entries included, is off unless a
     test turns it on (tests/test_startup.py does, with its own directory)."""
     monkeypatch.setenv("MEMPROF_NO_CACHE", "1")

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("memprof.models",)),
     ("reversible", ("memprof.reversible",)),
     ("vocabulary", ("memprof.vocabulary", "memprof.validation", "memprof.errors", "memprof.units",
-                    "memprof.seed", "memprof.version")),
+                    "memprof.seed", "memprof.version", "memprof.cache")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 

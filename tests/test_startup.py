@@ -3,7 +3,7 @@
 Each CLI run here is a fresh interpreter (``python -c``, running ``memprof`` as ``python -m``
 would) that reports afterwards whether ``torch`` or ``pandas`` were imported
 (NOTE [ Starting without torch ] in :mod:`memprof.vocabulary`, NOTE [ The result cache ] in
-:mod:`memprof.cli._cache`).
+:mod:`memprof.cache`).
 """
 
 from __future__ import annotations
@@ -72,6 +72,18 @@ BAD_ARGUMENTS = {
     "sweep": (["--format", "yaml"], "'yaml'"),
     "compare": (["--family", "resnet"], "'resnet'"),
     "train": (["--amp", "fp8"], "'fp8'"),
+    "train-epochs": (["--epochs", "0"], "epochs"),
+    "train-lr": (["--lr", "-1"], "learning rate"),
+    "train-momentum": (["--momentum", "1"], "momentum"),
+    "train-fp16": (["--amp", "fp16", "--device", "cpu"], "fp16"),
+    "train-option": (["--model", "vgg19", "--model-option", "depth=2"], "'depth'"),
+    "train-heads": (["--model", "vit", "--model-option", "width=100"], "divisible by heads 3"),
+    "train-reversible": (["--model", "revvit", "--model-option", "reversible=false"], "--no-reversible"),
+    "table-heads": (["vit", "--model-option", "width=100"], "divisible by heads 3"),
+    "profile-heads": (["revvit", "--model-option", "heads=5"], "divisible by heads 5"),
+    "sweep-heads": (["--models", "vit,revvit", "--model-option", "width=100"], "divisible by heads 3"),
+    "compare-heads": (["--family", "vit", "--model-option", "width=100"], "divisible by heads 3"),
+    "table-patch": (["vit", "--model-option", "patch=5"], "patch size 5"),
     "report": (["--bogus"], "--bogus"),
     "run": (["no_such_script.py"], "no_such_script.py"),
 }
@@ -192,18 +204,18 @@ def test_no_cache_flag_and_variable_neither_read_nor_write(cache, monkeypatch, c
 
 
 def _key(argv: list[str]) -> str | None:
+    from memprof.cache import cache_key, entry_name
     from memprof.cli import build_parser
-    from memprof.cli._cache import _entry_path, cache_key
     from memprof.cli._common import model_options
     from memprof.cli.table import _resolve_builtin
 
     args = build_parser(argv).parse_args(argv)
     resolved = _resolve_builtin(args, args.format, model_options(args))
-    return None if resolved is None or resolved["device"] != "meta" else _entry_path(cache_key("table", resolved)).name
+    return None if resolved is None or resolved["device"] != "meta" else entry_name(cache_key("table", resolved))
 
 
 def test_the_key_changes_with_every_argument(cache, monkeypatch):
-    from memprof.cli import _cache
+    from memprof import cache as _cache
 
     base = ["table", "vgg19"]
     variants = [
@@ -220,7 +232,7 @@ def test_the_key_changes_with_every_argument(cache, monkeypatch):
     monkeypatch.setattr(_cache, "_version", lambda package: "0.0-other")  # another torch
     assert _key(base) != keys[0]
     monkeypatch.undo()
-    monkeypatch.setattr(_cache, "_source_digest", lambda: "0" * 64)  # memprof's code changed
+    monkeypatch.setattr(_cache, "_ENTRY_FORMAT", 0)  # another layout
     assert _key(base) != keys[0]
 
 
@@ -261,7 +273,7 @@ def test_an_unusable_cache_directory_is_skipped(cache, monkeypatch, tmp_path, ca
 
 
 def test_cache_directory_defaults(monkeypatch, tmp_path):
-    from memprof.cli._cache import cache_dir
+    from memprof.cache import cache_dir
 
     monkeypatch.delenv("MEMPROF_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -269,3 +281,120 @@ def test_cache_directory_defaults(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_dir() == tmp_path / "home" / ".cache" / "memprof"
+
+
+# ------------------------------------------------------------------------------------------------
+# The entries shipped in the package, and the dependencies an entry records (NOTE [ The result cache ])
+# ------------------------------------------------------------------------------------------------
+
+
+def _shipped_for_these_versions() -> None:
+    """Skip unless the shipped entries were computed with the torch, NumPy, pandas, tabulate and Python here."""
+    from memprof.cache import SHIPPED_DIR, cache_key, read_entry
+
+    here = {k: v for k, v in cache_key("table", {}).items() if k != "arguments"}
+    entry = read_entry(next(SHIPPED_DIR.glob("table/vgg19.text.*.json")))
+    there = {k: v for k, v in entry["key"].items() if k != "arguments"}
+    if there != here:
+        pytest.skip(f"the shipped entries are for {there}, not {here}: they miss here, by design")
+
+
+def test_first_table_on_a_fresh_clone_comes_from_the_shipped_entries(cache, capsys):
+    """An empty user cache: memprof table vgg19 starts without torch and prints what --no-cache computes."""
+    from memprof.cli import main
+
+    _shipped_for_these_versions()
+
+    proc, out, imported = run_memprof("table", "vgg19")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert not imported, f"{imported}: the shipped entry missed (stale? run `memprof report tables`)"
+    assert entries(cache) == []  # a shipped hit writes nothing
+    assert main(["table", "vgg19", "--no-cache"]) == 0
+    assert out == capsys.readouterr().out
+
+
+def _copy_package(tmp_path: Path) -> Path:
+    """A copy of the checkout's package without bytecode, as a fresh clone has it; returns its root."""
+    import shutil
+
+    root = tmp_path / "clone"
+    shutil.copytree(ROOT / "memprof", root / "memprof", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _run_in(root: Path, cache_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], str, set[str]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MEMPROF_NO_CACHE", "PYTHONPATH")}
+    env.update(MEMPROF_CACHE_DIR=str(cache_dir), OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, cwd=root, capture_output=True, text=True,
+                          check=False, timeout=900)
+    out, _, last = proc.stdout.rpartition("\nIMPORTED ")
+    return proc, out, set(filter(None, last.strip().split(",")))
+
+
+def test_an_edited_dependency_misses_and_another_file_does_not(tmp_path):
+    """Editing a module the table imported makes the shipped entry a miss; editing one it never imported does not."""
+    _shipped_for_these_versions()
+    root = _copy_package(tmp_path)
+    with (root / "memprof" / "train" / "loop.py").open("a", encoding="utf-8") as f:  # not imported by table
+        f.write("\n# an edit\n")
+    proc, expected, imported = _run_in(root, tmp_path / "c1", "table", "revvgg", "--format", "csv")
+    assert proc.returncode == 0 and not imported, (proc.stderr, imported, "stale? run `memprof report tables`")
+    with (root / "memprof" / "rendering" / "layer_table.py").open("a", encoding="utf-8") as f:
+        f.write("\n# an edit\n")
+    proc, out, imported = _run_in(root, tmp_path / "c2", "table", "revvgg", "--format", "csv")
+    assert proc.returncode == 0 and "torch" in imported, proc.stderr  # computed
+    assert out == expected
+    (written,) = (tmp_path / "c2").glob("table/*.json")  # and cached with the edited file's hash
+    doc = json.loads(written.read_text(encoding="utf-8"))
+    edited = (root / "memprof" / "rendering" / "layer_table.py").read_bytes()
+    import hashlib
+
+    assert doc["depends"]["rendering/layer_table.py"] == hashlib.sha256(edited).hexdigest()
+    assert "train/loop.py" not in doc["depends"] and "cli/table.py" in doc["depends"]
+
+
+def test_an_entry_whose_dependency_changed_is_a_miss(cache, monkeypatch, capsys):
+    from memprof import cache as result_cache
+    from memprof.cli import main
+
+    argv = ["table", "vgg19", "--batch-size", "2", "--format", "csv"]
+    assert main(argv) == 0
+    expected = capsys.readouterr().out
+    (entry,) = entries(cache)
+    doc = json.loads(entry.read_text(encoding="utf-8"))
+    assert "rendering/layer_table.py" in doc["depends"] and "cache.py" in doc["depends"]
+    key = doc["key"]
+    assert result_cache.read_cached(key) == expected
+    for damage in ({"rendering/layer_table.py": "0" * 64}, {"no/such/module.py": "0" * 64}, None):
+        changed = dict(doc, depends=None if damage is None else {**doc["depends"], **damage})
+        entry.write_text(json.dumps(changed), encoding="utf-8")
+        assert result_cache.read_cached(key, shipped=False) is None, damage
+
+
+def test_dependencies_are_the_imported_memprof_modules():
+    from memprof.cache import PACKAGE_DIR, record_dependencies
+
+    depends = record_dependencies()
+    assert depends is not None and "cache.py" in depends and "__init__.py" in depends
+    assert all((PACKAGE_DIR / p).is_file() and p.endswith(".py") for p in depends)
+    assert set(depends) == {Path(m.__file__).resolve().relative_to(PACKAGE_DIR).as_posix()
+                            for n, m in sys.modules.items() if n == "memprof" or n.startswith("memprof.")}
+
+
+def test_the_package_reads_no_data_files():
+    """The dependencies of an entry are .py files: a data file in the package would need a hash too."""
+    package = ROOT / "memprof"
+    other = [p.relative_to(package).as_posix() for p in package.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".py"
+             and p.name != "py.typed" and not (p.parts[-3] == "shipped_cache" and p.suffix == ".json")]
+    assert not other, f"data files in the package (NOTE [ The result cache ] in memprof/cache.py): {other}"
+
+
+def test_shipped_entries_are_package_data():
+    """setup.cfg and MANIFEST.in carry memprof/shipped_cache/ into an install."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert "shipped_cache/*/*.json" in config["options.package_data"]["memprof"]
+    assert "recursive-include memprof/shipped_cache *.json" in (ROOT / "MANIFEST.in").read_text()

@@ -366,6 +366,39 @@ def test_reports_are_current(tmp_path: Path) -> None:
         assert committed.read_text() == text, f"{committed} is stale: run `memprof report tables`"
 
 
+def test_shipped_cache_is_current(capsys) -> None:
+    """memprof/shipped_cache/ holds an entry for each shipped command, hashing the memprof modules as they
+    are now; where the packages are the versions it was computed with, its output is the command's now."""
+    from memprof import cache
+    from memprof.cli import build_parser
+    from memprof.cli._common import model_options
+    from memprof.cli.table import _resolve_builtin
+    from memprof.reports.tables import SHIPPED_COMMANDS
+
+    stale = "run `memprof report tables`"
+    assert len(SHIPPED_COMMANDS) == 20
+    shipped = {path: cache.read_entry(path) for path in cache.SHIPPED_DIR.rglob("*.json")}
+    assert len(shipped) == len(SHIPPED_COMMANDS), f"{len(shipped)} shipped entries for {len(SHIPPED_COMMANDS)} commands: {stale}"
+    elsewhere = set()
+    for argv in SHIPPED_COMMANDS:
+        args = build_parser(list(argv)).parse_args(list(argv))
+        key = cache.cache_key("table", _resolve_builtin(args, args.format, model_options(args)))
+        found = [(p, e) for p, e in shipped.items() if isinstance(e, dict) and e.get("key", {}).get("arguments")
+                 == key["arguments"] and e["key"].get("verb") == "table"]
+        assert len(found) == 1, f"no shipped entry for `memprof {' '.join(argv)}`: {stale}"
+        path, entry = found[0]
+        assert path.relative_to(cache.SHIPPED_DIR).as_posix() == cache.entry_name(entry["key"]), path
+        assert cache._valid(entry, entry["key"], {}) is not None, f"{path.name}: its modules changed since: {stale}"
+        if entry["key"] != key:  # computed with other versions: valid, but unused here
+            elsewhere.add(json.dumps({k: v for k, v in entry["key"].items() if k != "arguments"}, sort_keys=True))
+            continue
+        assert main([*argv, "--no-cache"]) == 0
+        assert entry["output"] == capsys.readouterr().out, f"{path.name} is stale: {stale}"
+    if elsewhere:
+        pytest.skip(f"the shipped entries were computed with {sorted(elsewhere)}, not the versions here: "
+                    "their modules are current, their outputs were not compared")
+
+
 def test_report_equals_the_command_it_names(capsys) -> None:
     text = (REPO / "reports" / "revvgg.md").read_text()
     assert "`memprof table revvgg --format markdown --seed-table` prints the same tables." in text

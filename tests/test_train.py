@@ -266,6 +266,10 @@ def _tiny_checkpoint(tmp_path: Path) -> Path:
         (["--synthetic", "--resume", "{tmp}/nope.pt"], "does not exist"),
         (["--synthetic", "--resume", "{tmp}/garbage.pt"], "not a memprof training checkpoint"),
         (["--synthetic", "--resume", "{ckpt}"], "was written for model 'tiny', not 'revvgg'"),
+        (["--model-option", "depth=2"], "model 'revvgg' has no option 'depth'; allowed: reversible"),
+        (["--model-option", "reversible=false"], "use --reversible or --no-reversible"),
+        (["--model", "vit", "--model-option", "heads=5"], "ViT width 192 is not divisible by heads 5"),
+        (["--model", "vit", "--model-option", "depth=two"], "depth"),
     ],
 )
 def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> None:
@@ -279,6 +283,26 @@ def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv:
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert match in err
     assert not (tmp_path / "out").exists()  # checked before any work
+
+
+def test_cli_model_option_shapes_the_run_and_its_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--model-option reaches the builder, is saved in the checkpoint, and a resume with others is refused."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "vit", "--synthetic", "--synthetic-size", "16", "--batch-size", "4", "--lr", "0.01",
+            "--limit-batches", "1", "--device", "cpu", "--no-progress"]
+    rc = main([*args, "--model-option", "depth=2", "--epochs", "1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    ckpt = torch.load(out / "checkpoints" / "epoch0001.pt", weights_only=True)
+    assert ckpt["config"]["model_options"] == {"depth": 2}
+    assert {k.split(".")[1] for k in ckpt["model"] if k.startswith("blocks.")} == {"0", "1"}  # two blocks
+    resume = ["--epochs", "2", "--resume", str(out / "checkpoints" / "epoch0001.pt")]
+    for other, said in ((["--model-option", "depth=3"], "{'depth': 2} -> {'depth': 3}"), ([], "{'depth': 2} -> {}")):
+        capsys.readouterr()
+        assert main([*args, *other, *resume, "--out", str(tmp_path / "refused")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and f"model options {said}" in err, err
+        assert not (tmp_path / "refused").exists()
+    assert main([*args, "--model-option", "depth=2", *resume, "--out", str(tmp_path / "resumed")]) == 0
 
 
 @needs_cuda

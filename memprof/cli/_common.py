@@ -24,13 +24,14 @@ def model_help() -> str:
             "package.module:factory (a callable returning an nn.Module; needs --input-shape)")
 
 
-def add_model_option(p: Any, whose: str = "the registered model's") -> None:
-    """The repeatable ``--model-option NAME=VALUE``, its help naming every built-in model's options."""
+def add_model_option(p: Any, whose: str = "the registered model's", without: tuple[str, ...] = ()) -> None:
+    """The repeatable ``--model-option NAME=VALUE``, its help naming every built-in model's options
+    but those ``without`` (set by an option of the verb's own, as ``memprof train --reversible``)."""
     from ..vocabulary import MODEL_OPTIONS
 
     by_option: dict[str, list[str]] = {}
     for model, options in MODEL_OPTIONS.items():
-        for name in options:
+        for name in (n for n in options if n not in without):
             by_option.setdefault(name, []).append(model)
     groups: list[tuple[list[str], list[str]]] = []  # (models, options) with the same models
     for name, models in by_option.items():
@@ -48,7 +49,8 @@ def add_model_option(p: Any, whose: str = "the registered model's") -> None:
     listing = "; ".join(f"{', '.join(models)}: {', '.join(map(shown, names))}" for models, names in groups)
     p.add_argument("--model-option", action="append", default=None, metavar="NAME=VALUE",
                    help=f"an option of {whose} builder, repeatable, e.g. --model-option depth=6 "
-                   f"(options and defaults: {listing}; reversible=false builds the plain-autograd twin) "
+                   f"(options and defaults: {listing}"
+                   f"{'' if 'reversible' in without else '; reversible=false builds the plain-autograd twin'}) "
                    "(default: the model's own)")
 
 

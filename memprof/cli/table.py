@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..cache import cache_dir, cache_enabled, cache_key, read_cached, write_cached
 from ..vocabulary import BUILTIN_MODELS, DTYPE_NAMES, FORMATS, TABLE_DEVICES
-from ._cache import cache_dir, cache_enabled, cache_key, read_cached, write_cached
 
 #: one line for ``memprof --help`` (read without building this verb's parser)
 HELP = ("per-layer table: shapes, #params, #activations (deck convention) and the bytes "
@@ -24,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the gradient bytes; totals in the deck's form; for vgg19 and revvgg the deck's table "
         "(labelled seed) with every difference and its cause. The table of a registered model on "
         f"the meta device is cached in {cache_dir()} ($MEMPROF_CACHE_DIR, else $XDG_CACHE_HOME/memprof, "
-        "else ~/.cache/memprof), keyed by the arguments, memprof's source and the torch version, so a "
-        "repeated table starts without importing torch.",
+        "else ~/.cache/memprof), keyed by the arguments, the memprof modules it used and the torch version, "
+        "so a repeated table starts without importing torch; the tables of the built-in models at their "
+        "default arguments ship with memprof, so even the first one does.",
     )
     p.add_argument("model", help=model_help())
     add_model_option(p)
@@ -49,7 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed-table", action="store_true",
                    help="also print the deck's table as published (text/markdown; default: off)")
     p.add_argument("--no-cache", action="store_true",
-                   help="neither read nor write the result cache; MEMPROF_NO_CACHE=1 does the same (default: off)")
+                   help="neither read nor write the result cache (nor read the shipped tables); MEMPROF_NO_CACHE=1 "
+                   "does the same (default: off)")
     p.set_defaults(func=run)
 
 
@@ -58,7 +60,7 @@ def _resolve_builtin(args: argparse.Namespace, fmt: str, options: dict[str, Any]
 
     These are the checks of ``check_table_args`` that need no torch, so that a bad value is
     answered at once with the same line; the result keys the cache (NOTE [ The result cache ]
-    in :mod:`memprof.cli._cache`).
+    in :mod:`memprof.cache`).
     """
     from ..validation import (
         check_choice,

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 from ..vocabulary import AMP_MODES, BUILTIN_MODELS, TRAIN_DATASETS, TRAIN_DEFAULTS, TRAIN_DEVICES
 
-
 #: one line for ``memprof --help`` (read without building this verb's parser)
 HELP = ("train/evaluate a model on CIFAR-10 (or scikit-learn's digits) with the deck's recipe (works under torchrun)")
 
@@ -29,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", default=d.model, choices=BUILTIN_MODELS, help=f"model to train (default: {d.model})")
+    from ._common import add_model_option
+
+    add_model_option(p, whose="--model's", without=("reversible",))  # --reversible/--no-reversible
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default: {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"global batch size, split over the torchrun processes (default: {d.batch_size})")
@@ -79,19 +81,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..validation import check_train_settings
+    from ._common import model_options
+
+    settings = {
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "momentum": args.momentum, "weight_decay": args.weight_decay, "lr_step": args.lr_step,
+        "warmup_epochs": args.warmup_epochs, "gamma": args.gamma,
+        "dataset": args.dataset, "data_dir": args.data, "download": args.download, "synthetic": args.synthetic,
+        "synthetic_size": args.synthetic_size, "device": args.device, "amp": args.amp, "reversible": args.reversible,
+        "checkpoint_every": args.checkpoint_every, "resume": args.resume,
+        "out_dir": args.out or f"runs/{args.model}", "limit_batches": args.limit_batches,
+        "num_workers": args.num_workers, "seed": args.seed, "progress": args.progress,
+        "allow_config_change": args.allow_config_change, "model_options": model_options(args),
+        "num_classes": TRAIN_DEFAULTS["num_classes"],
+    }
+    # NOTE [ Starting without torch ] (vocabulary): the numbers and words are checked before torch
+    # is imported, with the library's own function; train() checks them again, then CUDA, the
+    # data, the resume file and the output directory, which need torch or the disk.
+    check_train_settings(settings)
     from ..train import TrainConfig, train
 
-    config = TrainConfig(
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, lr_step=args.lr_step,
-        warmup_epochs=args.warmup_epochs, gamma=args.gamma,
-        dataset=args.dataset, data_dir=args.data, download=args.download, synthetic=args.synthetic,
-        synthetic_size=args.synthetic_size, device=args.device, amp=args.amp, reversible=args.reversible,
-        checkpoint_every=args.checkpoint_every, resume=args.resume,
-        out_dir=args.out or f"runs/{args.model}", limit_batches=args.limit_batches,
-        num_workers=args.num_workers, seed=args.seed, progress=args.progress,
-        allow_config_change=args.allow_config_change,
-    )
+    config = TrainConfig(**settings)
     command = "memprof " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     result = train(config, command=command)
     from ..train.distributed import detect_dist_env

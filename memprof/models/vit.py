@@ -23,7 +23,7 @@ numbers and the two twins' gradients can be compared exactly.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..reversible import AdditiveCoupling, ReversibleSequence
-from ..validation import UsageError
+from ..validation import UsageError, check_vit_shape
 from .registry import register_model
 
 __all__ = [
@@ -92,15 +92,7 @@ def check_vit_config(cfg: ViTConfig) -> ViTConfig:
             divisible by the heads, or an image size not divisible by the patch; the message
             names the values.
     """
-    for name in ("width", "depth", "heads", "patch", "mlp_ratio", "image_size", "in_channels"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise UsageError(f"ViT {name} must be a positive integer, got {value!r}")
-    if cfg.width % cfg.heads:
-        raise UsageError(f"ViT width {cfg.width} is not divisible by heads {cfg.heads}; "
-                         f"use a width that is a multiple of {cfg.heads}")
-    if cfg.image_size % cfg.patch:
-        raise UsageError(f"input size {cfg.image_size} is not divisible by the patch size {cfg.patch}")
+    check_vit_shape(asdict(cfg))  # torch-free, so the CLI runs it before importing torch
     return cfg
 
 

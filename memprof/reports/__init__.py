@@ -20,7 +20,7 @@ __all__ = ["REPORTS", "atomic_write_bytes", "atomic_write_text", "generate_repor
 
 #: report name -> "module:function" writing it. Order is the order of generation.
 REPORTS: dict[str, str] = {
-    "tables": "memprof.reports.tables:write_table_reports",
+    "tables": "memprof.reports.tables:write_tables",  # and memprof/shipped_cache/
     "sweep": "memprof.reports.sweep:write_sweep_reports",
     "compare": "memprof.reports.compare:write_compare_reports",
     "memory": "memprof.reports.memory:write_memory_report",

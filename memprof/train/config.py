@@ -7,15 +7,21 @@ and :func:`memprof.train.loop.train` calls :func:`check_train_config` first.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..validation import UsageError, check_choice, check_output_dir, check_positive_int
+from ..validation import (
+    TRAIN_CHECKED,
+    UsageError,
+    check_amp_device,
+    check_choice,
+    check_output_dir,
+    check_train_settings,
+)
 from .checkpoint import load_checkpoint
 from .data import check_dataset
 from .distributed import DistEnv, detect_dist_env
@@ -67,6 +73,8 @@ class TrainConfig:
         seed: seeds the initialisation, the shuffling and the augmentation.
         progress: show tqdm bars and a line per epoch (main rank only).
         num_classes: classifier outputs.
+        model_options: keyword options of the registered model's builder (``{"depth": 2}`` for
+            ``vit``; ``memprof train --model-option``); ``reversible`` is the field above.
     """
 
     model: str = "revvgg"
@@ -95,22 +103,7 @@ class TrainConfig:
     progress: bool = True
     num_classes: int = 10
     allow_config_change: bool = False
-
-
-def _check_float(name: str, value: Any, *, low: float, low_open: bool, high: float | None = None,
-                 high_open: bool = True, allowed: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{name} must be a number ({allowed}), got {value!r}") from None
-    bad = (
-        not math.isfinite(v)
-        or (v <= low if low_open else v < low)
-        or (high is not None and (v >= high if high_open else v > high))
-    )
-    if bad:
-        raise UsageError(f"{name} must be {allowed}, got {value!r}")
-    return v
+    model_options: dict[str, Any] = field(default_factory=dict)
 
 
 def _known_models() -> list[str]:
@@ -145,34 +138,20 @@ def check_train_config(
     c = TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig)})
     if not custom_model:
         check_choice("model", c.model, _known_models())
-    c.epochs = check_positive_int("epochs", c.epochs)
-    c.batch_size = check_positive_int("batch size", c.batch_size)
-    c.lr = _check_float("learning rate", c.lr, low=0.0, low_open=True, allowed="a positive number")
-    c.momentum = _check_float("momentum", c.momentum, low=0.0, low_open=False, high=1.0,
-                              allowed="in [0, 1)")
-    c.weight_decay = _check_float("weight decay", c.weight_decay, low=0.0, low_open=False,
-                                  allowed="a number >= 0")
-    c.lr_step = check_positive_int("lr step", c.lr_step)
-    if isinstance(c.warmup_epochs, bool) or not isinstance(c.warmup_epochs, int) or c.warmup_epochs < 0:
-        raise UsageError(f"warmup epochs must be an integer >= 0 (0: no warm-up), got {c.warmup_epochs!r}")
-    c.gamma = _check_float("gamma", c.gamma, low=0.0, low_open=True, high=1.0, high_open=False,
-                           allowed="in (0, 1]")
-    if isinstance(c.checkpoint_every, bool) or not isinstance(c.checkpoint_every, int) or c.checkpoint_every < 0:
-        raise UsageError(f"checkpoint every must be an integer >= 0 (0: only at the end), got {c.checkpoint_every!r}")
-    if c.limit_batches is not None:
-        c.limit_batches = check_positive_int("limit batches", c.limit_batches)
-    if isinstance(c.num_workers, bool) or not isinstance(c.num_workers, int) or c.num_workers < 0:
-        raise UsageError(f"num workers must be an integer >= 0, got {c.num_workers!r}")
-    c.synthetic_size = check_positive_int("synthetic size", c.synthetic_size)
-    c.num_classes = check_positive_int("num classes", c.num_classes)
-    c.amp = AmpMode(check_choice("amp mode", str(getattr(c.amp, "value", c.amp)), [m.value for m in AmpMode])).value
-    check_choice("device", c.device, DEVICES)
+    # the numbers and words, without torch: memprof train runs the same check before importing it
+    for name, value in check_train_settings({k: getattr(c, k) for k in TRAIN_CHECKED}).items():
+        setattr(c, name, value)
+    if c.model_options:
+        if custom_model:
+            raise UsageError("model options are for a registered model; a model passed in is built already")
+        from ..models.registry import check_model_options
+
+        check_model_options(c.model, c.model_options)
     if c.device == "auto":
         c.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif c.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("device 'cuda' was asked for but no CUDA device is available; allowed here: cpu, auto")
-    if c.amp == AmpMode.FP16.value and c.device != "cuda":
-        raise UsageError("amp mode 'fp16' needs CUDA (float16 training uses a CUDA gradient scaler); on the CPU use: off, bf16")
+    check_amp_device(c.amp, c.device)  # auto, now resolved
     if c.batch_size % env.world_size:
         raise UsageError(
             f"batch size {c.batch_size} (the global batch) is not divisible by the {env.world_size} "
@@ -192,12 +171,12 @@ def check_train_config(
 
 #: Settings that shape a run: resuming with another value is no exact continuation.
 RUN_SHAPING = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "warmup_epochs", "gamma", "dataset", "amp",
-               "reversible", "seed", "synthetic", "synthetic_size", "limit_batches", "num_classes")
+               "reversible", "seed", "synthetic", "synthetic_size", "limit_batches", "num_classes", "model_options")
 
 
 def _check_resume_config(c: TrainConfig, ckpt: dict[str, Any]) -> None:
     """Refuse (or, with ``allow_config_change``, loudly allow) a resume whose settings differ."""
-    saved = ckpt.get("config") or {}
+    saved = {"model_options": {}, **(ckpt.get("config") or {})}  # written before options existed: none
     changed = [f"{k.replace('_', ' ')} {saved[k]!r} -> {getattr(c, k)!r}" for k in RUN_SHAPING
                if k in saved and saved[k] != getattr(c, k)]
     if not changed:
