@@ -77,17 +77,29 @@ def test_unknown_dataset_and_missing_scikit_learn(monkeypatch: pytest.MonkeyPatc
 
 def test_reversible_model_learns_real_digits(tmp_path: Path) -> None:
     """A few dozen SGD steps of a small Rev-ViT (deck's recipe) on the real digits: loss falls, stays finite."""
-    torch.manual_seed(0)
-    model = get_model("revvit", width=48, depth=2, heads=3)
     cfg = TrainConfig(model="revvit", dataset="digits", epochs=4, batch_size=64, lr=0.1, momentum=0.9,
                       weight_decay=5e-4, lr_step=5, limit_batches=8, device="cpu", progress=False, seed=0,
-                      out_dir=str(tmp_path))
-    history = train(cfg, model).history
+                      out_dir=str(tmp_path), model_options=dict(width=48, depth=2, heads=3))
+    result = train(cfg)
+    history = result.history
+    assert len(result.model.blocks) == 2 and result.model.cfg.width == 48  # built from model_options
     losses = [h.loss for h in history]
     assert all(math.isfinite(v) for v in losses + [h.test_loss for h in history])
     assert losses[-1] < losses[0] - 0.05, losses
     assert history[-1].recon_rel_err is not None and history[-1].recon_rel_err < 1e-4
     assert (tmp_path / "train_log.csv").is_file()
+
+
+def test_model_options_are_checked_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for option, message in (("depth=x", "is not KEY=INTEGER"), ("foo=3", "unknown ViT option(s) foo"),
+                            ("width=100", "not divisible by heads")):
+        rc = main(["train", "--dataset", "digits", "--model", "vit", "--model-option", option,
+                   "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    rc = main(["train", "--dataset", "digits", "--model", "vgg19", "--model-option", "depth=3", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "takes no option(s) depth" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 #: The recipe of reports/training.md (memprof.aggregation.training.RECIPE_COMMAND): the deck's (SGD, lr 0.1,

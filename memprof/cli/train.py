@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--model", default=d.model, choices=list_models(), help=f"model to train (default: {d.model})")
+    p.add_argument("--model-option", dest="model_options", action="append", default=[], metavar="KEY=N",
+                   help="an integer option of the model's builder, e.g. depth=6 for vit and revvit (repeatable; "
+                   "default: the registered size)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"total epochs (default: {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"global batch size, split over the torchrun processes (default: {d.batch_size})")
@@ -79,6 +82,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _model_options(pairs: list[str]) -> dict[str, int]:
+    """``["depth=6", "width=96"]`` -> ``{"depth": 6, "width": 96}``; a malformed pair is a UsageError."""
+    from ..validation import UsageError
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value.lstrip("-").isdigit():
+            raise UsageError(f"--model-option {pair!r} is not KEY=INTEGER (e.g. depth=6)")
+        options[key] = int(value)
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, train
 
@@ -91,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, resume=args.resume,
         out_dir=args.out or f"runs/{args.model}", limit_batches=args.limit_batches,
         num_workers=args.num_workers, seed=args.seed, progress=args.progress,
-        allow_config_change=args.allow_config_change,
+        allow_config_change=args.allow_config_change, model_options=_model_options(args.model_options),
     )
     command = "memprof " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     result = train(config, command=command)

@@ -8,7 +8,7 @@ and :func:`memprof.train.loop.train` calls :func:`check_train_config` first.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,8 @@ class TrainConfig:
         seed: seeds the initialisation, the shuffling and the augmentation.
         progress: show tqdm bars and a line per epoch (main rank only).
         num_classes: classifier outputs.
+        model_options: keyword arguments of the model's builder (``depth``, ``width``, ``heads``
+            of ``vit`` and ``revvit``); empty: the registered default size.
     """
 
     model: str = "revvgg"
@@ -95,6 +97,7 @@ class TrainConfig:
     progress: bool = True
     num_classes: int = 10
     allow_config_change: bool = False
+    model_options: dict[str, int] = field(default_factory=dict)
 
 
 def _check_float(name: str, value: Any, *, low: float, low_open: bool, high: float | None = None,
@@ -143,8 +146,13 @@ def check_train_config(
     """
     env = env or detect_dist_env()
     c = TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig)})
+    c.model_options = dict(c.model_options or {})
     if not custom_model:
         check_choice("model", c.model, _known_models())
+        if c.model_options:  # a bad option fails here, before any work (the model is small to build)
+            from ..models import get_model
+
+            get_model(c.model, **c.model_options)
     c.epochs = check_positive_int("epochs", c.epochs)
     c.batch_size = check_positive_int("batch size", c.batch_size)
     c.lr = _check_float("learning rate", c.lr, low=0.0, low_open=True, allowed="a positive number")
@@ -192,7 +200,8 @@ def check_train_config(
 
 #: Settings that shape a run: resuming with another value is no exact continuation.
 RUN_SHAPING = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "warmup_epochs", "gamma", "dataset", "amp",
-               "reversible", "seed", "synthetic", "synthetic_size", "limit_batches", "num_classes")
+               "reversible", "seed", "synthetic", "synthetic_size", "limit_batches", "num_classes",
+               "model_options")
 
 
 def _check_resume_config(c: TrainConfig, ckpt: dict[str, Any]) -> None:

@@ -149,7 +149,7 @@ def _read_log(path: Path, up_to_epoch: int) -> list[dict[str, Any]]:
 def _build_model(c: TrainConfig) -> nn.Module:
     from ..models import get_model
 
-    return get_model(c.model, num_classes=c.num_classes, reversible=c.reversible)
+    return get_model(c.model, num_classes=c.num_classes, reversible=c.reversible, **c.model_options)
 
 
 def train(
@@ -445,7 +445,7 @@ def _checkpoint(out: Path, done: int, c: TrainConfig, model: nn.Module, optimize
     rng = all_gather_objects(capture_rng())
     if not env.is_main:
         return None
-    config = {k: v for k, v in asdict(c).items() if isinstance(v, (int, float, str, bool)) or v is None}
+    config = {k: v for k, v in asdict(c).items() if isinstance(v, (int, float, str, bool, dict)) or v is None}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_name": c.model,
