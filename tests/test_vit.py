@@ -190,3 +190,13 @@ def test_vit_block_is_pre_norm() -> None:
     h = x + block.attn[1](block.attn[0](x))
     expected = h + block.mlp[1:](block.mlp[0](h))
     assert rel_err(block(x), expected) < 1e-12
+
+
+def test_training_report_names_model_options() -> None:
+    from memprof.aggregation.training import TrainingRun
+
+    row = {"epoch": 1.0, "loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.96, "lr": 0.1,
+           "step_time_s": 1.0}
+    run = TrainingRun("vit", [row], "memprof train --model vit --model-option depth=6 --model-option width=96")
+    assert run.model_options == ["depth=6", "width=96"] and TrainingRun("vit", [row]).model_options == []
+    assert "| vit (depth=6, width=96) " in render_training_report([run], "runs/digits", known_models=["vit"])

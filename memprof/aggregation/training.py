@@ -45,6 +45,12 @@ class TrainingRun:
         return self.name.removesuffix("-plain")
 
     @property
+    def model_options(self) -> list[str]:
+        """The ``--model-option KEY=N`` values of the run's command (empty: the registered size)."""
+        words = (self.command or "").split()
+        return [b for a, b in zip(words, words[1:]) if a == "--model-option"]
+
+    @property
     def reversible(self) -> bool:
         """False for a ``-plain`` twin."""
         return not self.name.endswith("-plain")

@@ -68,7 +68,8 @@ def render_training_report(runs: Sequence[TrainingRun], runs_dir: str | Path,
     for s in summarise_runs(runs):
         gap = "" if s.twin_gap is None else f"{s.twin_gap[0]:+.1f} (epoch {s.twin_gap[1]})"
         table.append([
-            s.run.model, _reversible_label(s.run, plain), f"{s.epochs_run}/{EPOCHS}",
+            s.run.model + (f" ({', '.join(s.run.model_options)})" if s.run.model_options else ""),
+            _reversible_label(s.run, plain), f"{s.epochs_run}/{EPOCHS}",
             f"{s.final_acc:.1%}", f"{s.best_acc:.1%}", "-" if s.first_at_target is None else str(s.first_at_target),
             f"{s.final_loss:.3f}", gap, "" if s.peak_bytes is None else format_bytes(s.peak_bytes, "MiB"),
             f"{s.median_step_s:.2f}",
@@ -79,7 +80,7 @@ def render_training_report(runs: Sequence[TrainingRun], runs_dir: str | Path,
                                           "step time, s (measured, median)"],
                           tablefmt="github", disable_numparse=True))
     lines += ["", "![loss and test accuracy per epoch](training.png)", "", "Runs (from each run's `command.txt`, "
-              "written by `notes/train_digits.sh`; the last `--out` wins):", ""]
+              "written by `notes/train_digits.sh`):", ""]
     lines += [f"- {r.name}: `{r.command}`" if r.command else f"- {r.name}: (no command.txt)" for r in runs]
     lines.append("")
     unfinished = unfinished_runs(runs)
