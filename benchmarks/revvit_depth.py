@@ -9,7 +9,11 @@ Side by side in one run (issue 15's measured targets):
   rounds after a warm-up: Rev-ViT / twin (target <= 1.35) with the range over rounds.
 
     OMP_NUM_THREADS=1 python benchmarks/revvit_depth.py [--batch-size 128] [--timing-batch-size 32]
-        [--repeats 3] [--depths 6,12,24,48] [--plot revvit_depth.png]
+        [--repeats 3] [--depths 6,12,24,48] [--plot revvit_depth.png] [--no-memory] [--no-time]
+
+The twin timing at the issue's setting (depth 12, batch 128), timing only:
+
+    OMP_NUM_THREADS=1 python benchmarks/revvit_depth.py --no-memory --timing-batch-size 128 --repeats 3
 """
 
 from __future__ import annotations
@@ -34,8 +38,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timing rounds (default: 3)")
     p.add_argument("--plot", default=None, help="write the sweep's plot to this PNG (default: none)")
     p.add_argument("--no-time", dest="timing", action="store_false", help="memory only (default: timed)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="timing only, no depth sweep (default: both)")
     args = p.parse_args()
+    if args.memory:
+        sweep(args)
+    if args.timing:
+        timing(args)
 
+
+def sweep(args: argparse.Namespace) -> None:
+    """The activation peaks over depth (estimated), printed, and plotted with ``--plot``."""
     depths = [int(d) for d in args.depths.split(",")]
     with one_thread():
         rows = depth_sweep(depths, args.batch_size)
@@ -45,8 +58,10 @@ def main() -> None:
     if args.plot:
         plot_depth_sweep(rows, args.plot, args.batch_size)
         print(f"wrote {args.plot}\n")
-    if not args.timing:
-        return
+
+
+def timing(args: argparse.Namespace) -> None:
+    """Rev-ViT's step time against its twin's and vit's, interleaved rounds, CPU time on one thread."""
     t = time_twins(args.timing_depth, args.timing_batch_size, args.repeats)
     table = [[name, f"{min(v):.3f}", f"{min(v) / min(t['times'][TWIN]):.2f}",
               " ".join(f"{x:.3f}" for x in v)] for name, v in t["times"].items()]

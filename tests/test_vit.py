@@ -203,3 +203,13 @@ def test_depth_sweep_text_states_growth_only_across_depths() -> None:
     assert "From depth" not in one and "One depth only" in one
     two = render_depth_sweep([row(6, 50 << 20, 8 << 20), row(12, 100 << 20, 8 << 20)], 128)
     assert "From depth 6 to 12 ViT's activation peak grows 2.00x and Rev-ViT's 1.00x" in two
+
+
+def test_training_report_names_model_options() -> None:
+    from memprof.aggregation.training import TrainingRun
+
+    row = {"epoch": 1.0, "loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.96, "lr": 0.1,
+           "step_time_s": 1.0}
+    run = TrainingRun("vit", [row], "memprof train --model vit --model-option depth=6 --model-option width=96")
+    assert run.model_options == ["depth=6", "width=96"] and TrainingRun("vit", [row]).model_options == []
+    assert "| vit (depth=6, width=96) " in render_training_report([run], "runs/digits", known_models=["vit"])

@@ -71,6 +71,41 @@ def make_vgg_layers(cfg: list[int | str], in_channels: int = 3) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
+# NOTE [ Why VGG-19 starts slowly ]
+# Measured on digits (batch 64, the deck's lr 0.1, momentum 0.9, weight decay 5e-4), three causes:
+# - The convolutions' initialisation. PyTorch's default (kaiming_uniform, a = sqrt(5): weight std
+#   1/sqrt(3 fan_in)) is sqrt(6) = 2.45 times smaller than He's. Each conv is followed by a
+#   BatchNorm, so its output ignores the weight's scale but its gradient grows as 1/|w|: on the
+#   first batch lr * |g| / |w| is 0.126 for the second conv (times about 10 with the momentum), so
+#   a step moves the weights by more than their norm. torchvision's initialisation (kaiming_normal,
+#   fan_out, ReLU gain, zero bias; BatchNorm weight 1, bias 0, PyTorch's default) is used: 23 steps
+#   without warm-up then reach batch accuracies of 0.4-0.6 (loss 1.2-1.7) instead of 0.16 (2.2-2.4).
+# - The classifier. Its input is ReLU'd and max-pooled, never centred: on a digits batch its mean
+#   has |mean|^2 = 620 against 22 for the top eigenvalue of the centred covariance, so the
+#   curvature along the mean, which carries no class information, bounds the learning rate while
+#   the class directions learn slowly through three unnormalised Linears. Their initialisation
+#   cannot fix it: He's for the two hidden Linears makes the head unstable (loss 2.7 -> 4.0 over 46
+#   steps with a one-epoch warm-up), torchvision's N(0, 0.01) starts the logits at std 0.006 and
+#   the loss stays at ln 10 = 2.30 for 23 steps; PyTorch's default, kept, is stable but slow.
+# - Eval-mode BatchNorm statistics lag while lr is 0.1: test accuracy 10% after epochs 1 and 2
+#   (test loss 27.7 and 24.5) at training accuracies of 26% and 34%; after 23 steps 10.0% with the
+#   running statistics, 16.9% with batch statistics, 17.2% with re-estimated ones
+#   (notes/bn_eval_probe.py). They catch up once the learning rate drops.
+# With all of this and a one-epoch warm-up VGG-19 reached 34% / 69% / 75% after epochs 3 / 4 / 5
+# (lr / 10 after epoch 3): still short of the 95% that Rev-VGG reaches by epoch 4. Centring the
+# classifier's input (a norm before it) is the likely fix; it would change the deck's counts.
+# The parameter and activation counts do not change with the initialisation.
+
+
+def init_vgg_convs(features: nn.Module) -> None:
+    """torchvision's VGG convolution initialisation: kaiming_normal (fan_out, ReLU), zero bias."""
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class VGG(nn.Module):
     """VGG with batch norm for 32x32 inputs: ``features`` (leaf layers) then ``classifier``.
 
@@ -89,6 +124,7 @@ class VGG(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(512, num_classes),
         )
+        init_vgg_convs(self.features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)  # (B, 512, 1, 1) for a 32x32 input
@@ -160,6 +196,12 @@ def make_linear_branch(features: int) -> nn.Sequential:
 # before any coupling adds to it. A BatchNorm right after the stem conv would keep the conv's
 # (64, 32, 32) output for backward, 256 KiB per sample, the largest tensor of the network.
 # The couplings keep starting as the identity (NOTE [ Couplings start as the identity ]).
+# norm5 sits before pool5, so the linear block and fc see max-pooled BatchNorm outputs, which are
+# not centred: on a digits batch fc's input has |mean|^2 = 570, so the top curvature of the
+# softmax layer, about 0.1 x 575, times lr 0.1 is 5.7, past heavy-ball's stability bound
+# 2 (1 + momentum) = 3.8 (centred it would be 0.22). Without warm-up the loss climbs from step 2
+# and is NaN at step 17; with a one-epoch linear warm-up Rev-VGG trains (98.3% test accuracy on
+# digits at epoch 4). The training recipe of reports/training.md therefore warms up for an epoch.
 
 
 #: Why memprof's Rev-VGG differs from the deck's table, by row name (digits stripped): shown in

@@ -136,6 +136,7 @@ def check_train_config(
     """
     env = env or detect_dist_env()
     c = TrainConfig(**{f.name: getattr(config, f.name) for f in fields(TrainConfig)})
+    c.model_options = dict(c.model_options or {})
     if not custom_model:
         check_choice("model", c.model, _known_models())
     # the numbers and words, without torch: memprof train runs the same check before importing it
