@@ -222,10 +222,10 @@ def test_sweep_any_model_estimate_equals_measurement(case):
     from tests.helpers import LSTMLM
 
     if case == "lstm":  # an LSTM language model on token ids (InputSpecs)
-        kw = dict(inputs=_lstm_inputs(), optimizer="adamw")
+        kw = {"inputs": _lstm_inputs(), "optimizer": "adamw"}
         models = {"lstm": LSTMLM()}
     else:  # a dict of example tensors, float and integer; their batch dimension follows each size
-        kw = dict(inputs={"features": torch.randn(3, 7, 24), "mask": torch.ones(3, 7, dtype=torch.long)})
+        kw = {"inputs": {"features": torch.randn(3, 7, 24), "mask": torch.ones(3, 7, dtype=torch.long)}}
         models = _DictNet()
     est = sweep(models, "2,6", progress=False, **kw)
     meas = sweep(models, "2,6", mode="measured", progress=False, **kw)

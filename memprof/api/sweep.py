@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ DEFAULT_BATCH_SIZES: tuple[int, ...] = SWEEP_BATCH_SIZES
 
 #: What ``models`` may be: registered names (``"vgg19,revvgg"`` or a list), a module, a list of
 #: names and modules, or a mapping of display names to modules or registered names.
-Models = Union[str, nn.Module, Sequence[Union[str, nn.Module]], Mapping[str, Union[str, nn.Module]]]
+Models = str | nn.Module | Sequence[str | nn.Module] | Mapping[str, str | nn.Module]
 
 
 @dataclass(frozen=True)

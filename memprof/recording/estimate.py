@@ -36,7 +36,7 @@ from .cuda_allocator import (
     round_cuda_request,
     simulate_cuda_allocator,
 )
-from .tensors import NO_STORAGE
+from .tensors import out_tensors, storage_keys, storages, tensors_in
 from .workspace import NOT_MODELLED, find_output_rule, find_scratch_rule
 
 __all__ = [
@@ -135,7 +135,7 @@ class DeviceKernels(TorchDispatchMode):
             if nbytes > 0:
                 self.scratch.append(KernelScratch(clock, new_bytes, n_new, nbytes, str(func), scratch_rule.persistent))
         if unmodelled:
-            at_stake = new_bytes + sum(_storage_bytes(t) for t in _flat_tensors(args))
+            at_stake = new_bytes + sum(int(st.nbytes()) for st, _ in storages(tensors_in(args)))
             entry = self.unmodelled.setdefault(str(func), [0, 0])
             entry[0] += 1
             entry[1] = max(entry[1], at_stake)
@@ -177,39 +177,13 @@ class DeviceKernels(TorchDispatchMode):
         return lines + sorted(self.approximations)
 
 
-def _flat_tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _flat_tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _flat_tensors(o)]
-    return []
-
-
-def _storage_bytes(t: torch.Tensor) -> int:
-    try:
-        return int(t.untyped_storage().nbytes())
-    except NO_STORAGE:
-        return 0
-
-
 def _new_storage_bytes(args: Any, kwargs: Any, out: Any) -> tuple[int, int]:
     """Bytes and count of the output storages that are not among the inputs' storages."""
-    seen: set[int] = set()
-    for t in _flat_tensors(args) + _flat_tensors(kwargs):
-        try:
-            seen.add(t.untyped_storage()._cdata)
-        except NO_STORAGE:
-            pass
+    seen = storage_keys(args, kwargs)
     total, count = 0, 0
-    for t in _flat_tensors(out):
-        try:
-            st = t.untyped_storage()
-        except NO_STORAGE:
-            continue
-        if st._cdata not in seen:
-            seen.add(st._cdata)
+    for st, key in storages(out_tensors(out)):
+        if key not in seen:
+            seen.add(key)
             total += int(st.nbytes())
             count += 1
     return total, count

@@ -65,7 +65,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..vocabulary import TrackMode
-from .tensors import NO_STORAGE
+from .tensors import NO_STORAGE, storages, tensors_in
 
 __all__ = [
     "MemoryEvents",
@@ -190,26 +190,15 @@ def _first_grad_tensor(obj: Any) -> torch.Tensor | None:
     return None
 
 
-def _all_tensors(obj: Any, out: list[torch.Tensor]) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _all_tensors(v, out)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _all_tensors(v, out)
-    return out
-
-
 def _storage(t: torch.Tensor) -> tuple[int, int] | None:
     """(address, bytes) of the storage behind ``t``, None for tensors without one."""
-    try:
-        st = t.untyped_storage()
-        ptr = st.data_ptr()
-    except NO_STORAGE:
-        return None
-    return (ptr, int(st.nbytes())) if ptr else None
+    for st, _ in storages((t,)):
+        try:
+            ptr = st.data_ptr()
+        except NO_STORAGE:
+            return None
+        return (ptr, int(st.nbytes())) if ptr else None
+    return None
 
 
 class SessionRecorder:
@@ -321,7 +310,7 @@ class SessionRecorder:
                 for p in group["params"]:
                     param(p)
             for st in opt.state.values():
-                for t in _all_tensors(st, []):
+                for t in tensors_in(st):
                     s = _storage(t)
                     if s is not None and s[0] not in params:
                         state[s[0]] = s[1]
@@ -378,7 +367,7 @@ class SessionRecorder:
         name, phase, start = self._stack.pop()
         self._cur.intervals.append((name, phase, start, t))
         if not self._stack:  # a root call: its tensor arguments are inputs
-            for x in _all_tensors(args, _all_tensors(kwargs, [])):
+            for x in tensors_in(args, tensors_in(kwargs)):
                 s = _storage(x)
                 if s is not None and not isinstance(x, nn.Parameter):
                     self._cur.inputs.append(s)
