@@ -369,3 +369,13 @@ def test_reports_readme_links_every_report():
             assert f"]({name})" in text
     for name in ("vgg19.md", "revvgg.md", "irevvgg.md", "sweep.csv", "sweep.png", "compare.md", "compare.png"):
         assert name in REPORT_DESCRIPTIONS
+
+
+def test_sweep_under_autocast_says_where_the_table_comes_from():
+    from tests.helpers import LSTMLM
+
+    result = sweep({"lstm": LSTMLM()}, "2", inputs=_lstm_inputs(), autocast="bfloat16", progress=False)
+    text = result.render("text")
+    assert "run under autocast (bfloat16)" in text and "without autocast" in text
+    plain = sweep({"lstm": LSTMLM()}, "2", inputs=_lstm_inputs(), progress=False).render("text")
+    assert "autocast" not in plain

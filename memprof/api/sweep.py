@@ -231,6 +231,11 @@ def run_sweep(args: SweepArgs, *, progress: bool | None = True) -> SweepResult:
     notes = []
     if args.mode is Mode.MEASURED and args.device.type == "cpu":
         notes.append("Measured on the CPU: peaks are the c10 CPU allocator's (torch.profiler memory events).")
+    recipe = args.step.recipe if args.step is not None else None
+    if recipe is not None and recipe.autocast is not None:
+        notes.append(f"The step peaks run under autocast ({dtype_name(recipe.autocast)}); the table's columns "
+                     f"(seed conv., autograd-saved) come from a forward in {dtype_name(args.dtype)} without "
+                     "autocast.")
     if args.model_options:
         from ..models.registry import format_options
 
