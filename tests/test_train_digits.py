@@ -109,11 +109,24 @@ RECIPE = dict(dataset="digits", epochs=8, batch_size=64, lr=0.1, momentum=0.9, w
               warmup_epochs=1, gamma=0.1, device="cpu", progress=False, seed=0)
 
 
+#: Models measured short of the bound with RECIPE (reports/training.md, README's training status): strict,
+#: so a fix shows up as an unexpected pass and this list must shrink.
+SHORT_OF_95 = {
+    "vgg19": "86.4% after 8 epochs: NOTE [ Why VGG-19 starts slowly ] in memprof.models.vgg",
+    "irevvgg": "60% after 8 epochs",
+    "vit": "SGD hardly moves a ViT on 23 steps per epoch (27.8% after 8 epochs at depth 6)",
+    "revvit": "as vit (25.6% after 8 epochs at depth 6, the same as its twin)",
+}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MEMPROF_SLOW_TRAINING"),
                     reason="8-epoch trainings of every registered model (and its twin): 10-25 minutes each on "
                     "one busy CPU core; set MEMPROF_SLOW_TRAINING=1 to run")
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(n in SHORT_OF_95, reason=SHORT_OF_95.get(n, ""), strict=True))
+    for n in list_models()
+])
 def test_every_model_reaches_95_percent_on_digits(name: str, tmp_path: Path) -> None:
     accs = {}
     for reversible in (True, False):
