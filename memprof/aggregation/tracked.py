@@ -284,7 +284,7 @@ def _holders(lives: list[_Life], marks: StepMarks, i0: int, idx: int, fine: bool
             cat = Category.TEMPORARIES.value if (life.owned or not fine) else Category.UNATTRIBUTED.value
         key = (cat, _owner(marks, life.t0))
         acc[key] = acc.get(key, 0) + life.nbytes
-    rows = sorted(acc.items(), key=lambda kv: -kv[1])[:10]
+    rows = sorted(acc.items(), key=lambda kv: (-kv[1], kv[0]))[:10]  # ties by (category, module): stable reports
     return [{"category": c, "module": m, "bytes": b} for (c, m), b in rows]
 
 

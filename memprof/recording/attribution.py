@@ -466,7 +466,7 @@ class StorageTracker(TorchDispatchMode):
                     cat = Category.ACTIVATIONS.value if saved else Category.TEMPORARIES.value
                 if cat in wanted:
                     acc[(cat, life.owner)] = acc.get((cat, life.owner), 0) + life.nbytes
-        return sorted(((c, o, b) for (c, o), b in acc.items()), key=lambda r: -r[2])
+        return sorted(((c, o, b) for (c, o), b in acc.items()), key=lambda r: (-r[2], r[0], r[1]))  # ties by name: stable reports
 
     def timeline(self) -> Timeline:
         """Live bytes per category after every event (call after :meth:`track` has exited)."""
