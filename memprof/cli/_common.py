@@ -13,7 +13,8 @@ if TYPE_CHECKING:  # torch is imported when a model is loaded, not for --help
 from ..validation import UsageError, parse_input_shape
 
 __all__ = ["add_model_option", "add_step_options", "build_model", "check_without_torch", "load_model", "model_help",
-           "model_options", "resolve_model", "shared_model_options", "step_options", "write_output"]
+           "model_options", "resolve_model", "shared_model_options", "step_options", "user_model_and_step",
+           "write_output"]
 
 
 def model_help() -> str:
@@ -204,6 +205,24 @@ def build_model(model: str | nn.Module, options: dict[str, Any] | None = None) -
     from ..models import get_model
 
     return get_model(model, **(options or {})) if isinstance(model, str) else model
+
+
+def user_model_and_step(args: Any) -> tuple[str | nn.Module, str, tuple[int, ...] | None, dict[str, Any],
+                                          dict[str, Any]]:
+    """(model or registered name, display name, input shape, step options, model options) of ``profile``/``fit``.
+
+    The checks that need no torch run first (:func:`check_without_torch`, the model options, an
+    unknown model name), then the model is resolved (:func:`resolve_model`); the caller builds it
+    (:func:`build_model`) once the rest of its arguments are checked.
+    """
+    check_without_torch(args)
+    options = model_options(args)
+    if ":" not in args.model:
+        load_model(args.model)  # an unknown name, before torch is imported
+    step = step_options(args)
+    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None,
+                                       options=options)
+    return model, name, shape, step, options
 
 
 def write_output(text: str, out: str | None) -> None:

@@ -47,24 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = check_format(args.format, FORMATS)  # checks that need no torch first (NOTE [ Starting without torch ])
     budget = parse_memory(args.memory)
-    from ._common import (
-        build_model,
-        check_without_torch,
-        load_model,
-        model_options,
-        resolve_model,
-        step_options,
-    )
+    from ._common import build_model, user_model_and_step
 
-    check_without_torch(args)
-    options = model_options(args)
-    if ":" not in args.model:
-        load_model(args.model)  # an unknown name, before torch is imported
+    model, name, shape, step, options = user_model_and_step(args)
     from ..api.step import fit_batch
 
-    step = step_options(args)
-    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None,
-                                       options=options)
     found = fit_batch(build_model(model, options), budget, shape, dtype=args.dtype, device=args.device, name=name,
                       expandable_segments=args.expandable_segments, **step)
     print(found.render(fmt), end="")

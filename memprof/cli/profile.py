@@ -55,24 +55,11 @@ def run(args: argparse.Namespace) -> int:
     depth = None if args.depth is None else check_non_negative_int("--depth", args.depth)
     if args.timeline is not None:
         check_output_file(args.timeline, suffix=".png", what="--timeline")
-    from ._common import (
-        build_model,
-        check_without_torch,
-        load_model,
-        model_options,
-        resolve_model,
-        step_options,
-    )
+    from ._common import build_model, user_model_and_step
 
-    check_without_torch(args)
-    options = model_options(args)
-    if ":" not in args.model:
-        load_model(args.model)  # an unknown name, before torch is imported
+    model, name, shape, step, options = user_model_and_step(args)
     from ..api.step import check_step_args, run_profile_step
 
-    step = step_options(args)
-    model, name, shape = resolve_model(args.model, args.input_shape, inputs_given=step["inputs"] is not None,
-                                       options=options)
     checked = check_step_args(args.batch_size, shape, dtype=args.dtype, device=args.device, estimate=args.estimate,
                               **step)
     prof = run_profile_step(build_model(model, options), checked, name=name)
