@@ -277,16 +277,19 @@ class SessionRecorder:
         state: dict[int, int] = {}
         dtype = ""
 
+        def put(into: dict[int, int], t: torch.Tensor) -> bool:
+            """Record t's storage (address -> bytes) in ``into``; False for a tensor without one."""
+            s = _storage(t)
+            if s is not None:
+                into[s[0]] = s[1]
+            return s is not None
+
         def param(p: torch.Tensor) -> None:
             nonlocal dtype
-            s = _storage(p)
-            if s is not None:
-                params[s[0]] = s[1]
+            if put(params, p):
                 dtype = dtype or str(p.dtype).replace("torch.", "")
             if p.grad is not None:
-                g = _storage(p.grad)
-                if g is not None:
-                    grads[g[0]] = g[1]
+                put(grads, p.grad)
 
         models = []
         for ref in self._roots:
@@ -297,9 +300,7 @@ class SessionRecorder:
             for p in m.parameters():
                 param(p)
             for b in m.buffers():
-                s = _storage(b)
-                if s is not None:
-                    params[s[0]] = s[1]
+                put(params, b)
         opts = []
         for ref in self._optimizers:
             opt = ref()
