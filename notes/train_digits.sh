@@ -1,6 +1,6 @@
 #!/bin/sh
 # Train one model on digits with the deck's recipe scaled to the run; log under runs/digits/.
-# usage: [EPOCHS=8 LR_STEP=3] notes/train_digits.sh MODEL [extra memprof train args, e.g. --no-reversible --out runs/digits/MODEL-plain]
+# usage: [EPOCHS=15 LR_STEP=5] notes/train_digits.sh MODEL [extra memprof train args, e.g. --no-reversible --out runs/digits/MODEL-plain]
 # The deck's lr 0.1 (momentum 0.9, weight decay 5e-4) for LR_STEP epochs, then / 10 every LR_STEP epochs:
 # the first three phases of its 300-epoch schedule scaled to EPOCHS. One thread (OMP_NUM_THREADS=1).
 # The run's command line goes to OUT/command.txt (memprof report training shows it).
@@ -15,7 +15,7 @@ for a in "$@"; do  # the caller's --out replaces the default one (given once on 
   extra="$extra $a"
 done
 mkdir -p "$out"
-set -- --dataset digits --model "$m" --epochs "${EPOCHS:-8}" --batch-size 64 --lr 0.1 --momentum 0.9 \
-  --weight-decay 5e-4 --lr-step "${LR_STEP:-3}" --no-progress $extra --out "$out"
+set -- --dataset digits --model "$m" --epochs "${EPOCHS:-15}" --batch-size 64 --lr 0.1 --momentum 0.9 \
+  --weight-decay 5e-4 --lr-step "${LR_STEP:-5}" --no-progress $extra --out "$out"
 echo "memprof train $*" > "$out/command.txt"
 OMP_NUM_THREADS=1 PYTHONPATH=$PWD exec python -m memprof train "$@"

@@ -114,7 +114,7 @@ def test_revvgg_blocks_match_the_deck_column() -> None:
 
 def test_irevvgg_parameters_and_invertible_body() -> None:
     model = get_model("irevvgg").eval()
-    assert count(model) == 24_061_250
+    assert count(model) == 24_064_322  # the head's BatchNorm2d(1536) is 3,072 of it
     assert [count(b) for b in model.body.blocks] == [0, 50_680, 0, 962_112, 0, 4_137_216, 0, 18_895_872]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -233,9 +233,11 @@ def test_reversible_models_save_less_than_vgg19() -> None:
     # keeps one more (c_in, H, W) tensor per RevBlock than the deck's design (0.316).
     assert saved["revvgg", True] <= 0.37 * base < saved["revvgg", False]
     assert saved["irevvgg", True] <= 0.06 * base < saved["irevvgg", False]
-    # irevvgg keeps only the body's output (6,144 floats per sample), the head's ReLU output
-    # (as many) and the pooled features (1,536): nothing that grows with depth.
-    assert saved["irevvgg", True] == 2 * 4 * (6_144 + 6_144 + 1_536)
+    # irevvgg keeps only the body's output (6,144 floats per sample; the head's BatchNorm saves
+    # the same tensor, plus four per-channel vectors of 1,536 floats, whatever the batch: its
+    # running mean and variance and its batch mean and inverse deviation) and the pooled
+    # features (1,536): nothing that grows with depth.
+    assert saved["irevvgg", True] == 2 * 4 * (6_144 + 1_536) + 4 * 4 * 1_536
 
 
 def test_unknown_model_lists_the_known_ones() -> None:

@@ -103,9 +103,9 @@ def test_model_options_are_checked_before_any_work(tmp_path: Path, capsys: pytes
 
 
 #: The recipe of reports/training.md (memprof.aggregation.training.RECIPE_COMMAND): the deck's (SGD, lr 0.1,
-#: momentum 0.9, weight decay 5e-4, lr / 10 every 3 epochs: its 300-epoch schedule's first three phases scaled to
-#: 8 epochs), with a one-epoch linear warm-up (without it Rev-VGG's loss is NaN by step 17).
-RECIPE = dict(dataset="digits", epochs=8, batch_size=64, lr=0.1, momentum=0.9, weight_decay=5e-4, lr_step=3,
+#: momentum 0.9, weight decay 5e-4, lr / 10 every 5 epochs: its 300-epoch schedule's first three phases scaled to
+#: 15 epochs), with a one-epoch linear warm-up (without it Rev-VGG's loss is NaN by step 17).
+RECIPE = dict(dataset="digits", epochs=15, batch_size=64, lr=0.1, momentum=0.9, weight_decay=5e-4, lr_step=5,
               warmup_epochs=1, gamma=0.1, device="cpu", progress=False, seed=0)
 
 
@@ -121,7 +121,7 @@ SHORT_OF_95 = {
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("MEMPROF_SLOW_TRAINING"),
-                    reason="8-epoch trainings of every registered model (and its twin): 10-25 minutes each on "
+                    reason="15-epoch trainings of every registered model (and its twin): 15-30 minutes each on "
                     "one busy CPU core; set MEMPROF_SLOW_TRAINING=1 to run")
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.xfail(n in SHORT_OF_95, reason=SHORT_OF_95.get(n, ""), strict=True))

@@ -38,9 +38,9 @@ def count(m: nn.Module) -> int:
 
 def test_defaults_and_options() -> None:
     vit, rev = get_model("vit"), get_model("revvit")
-    assert count(vit) == count(rev) == 5_362_378
+    assert count(vit) == count(rev) == 5_414_650
     assert len(vit.blocks) == 12 and len(rev.blocks) == 12
-    assert vit.blocks[0].attn[1].heads == 3 and vit.patch_embed.proj.kernel_size == (4, 4)
+    assert vit.blocks[0].attn[1].heads == 3 and vit.patch_embed.proj[-1].kernel_size == (1, 1)  # conv stem, stride 4
     assert isinstance(rev.blocks, ReversibleSequence)
     small = get_model("revvit", num_classes=7, width=48, depth=2, heads=4, patch=8)
     assert len(small.blocks) == 2 and small.head.fc.out_features == 7
@@ -213,3 +213,33 @@ def test_training_report_names_model_options() -> None:
     run = TrainingRun("vit", [row], "memprof train --model vit --model-option depth=6 --model-option width=96")
     assert run.model_options == ["depth=6", "width=96"] and TrainingRun("vit", [row]).model_options == []
     assert "| vit (depth=6, width=96) " in render_training_report([run], "runs/digits", known_models=["vit"])
+
+
+def test_training_report_names_changed_recipe_settings() -> None:
+    from memprof.aggregation.training import RECIPE_COMMAND, TrainingRun
+
+    row = {"epoch": 1.0, "loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.9, "lr": 0.1,
+           "step_time_s": 1.0}
+    recipe = RECIPE_COMMAND.replace("MODEL [--no-reversible]", "vgg19").replace("RUN", "vgg19-warmup3")
+    run = TrainingRun("vgg19-warmup3", [row], recipe.replace("--warmup-epochs 1", "--warmup-epochs 3"))
+    assert run.model == "vgg19" and run.reversible and run.recipe_changes == ["warmup-epochs 3"]
+    same = TrainingRun("vgg19", [row], recipe)
+    assert same.recipe_changes == [] and same.model == "vgg19"
+    twin = TrainingRun("x", [row], recipe.replace("vgg19 ", "revvgg --no-reversible "))
+    assert twin.model == "revvgg" and not twin.reversible  # from the command, whatever the directory's name
+    text = render_training_report([same, run], "runs/digits", known_models=["vgg19"])
+    assert "| vgg19 (warmup-epochs 3) " in text and "| vgg19   " in text
+
+
+def test_training_report_pairs_twins_by_run_name() -> None:
+    from memprof.aggregation.training import RECIPE_COMMAND, TrainingRun, summarise_runs
+
+    def run(name: str, acc: float) -> TrainingRun:
+        cmd = RECIPE_COMMAND.replace("MODEL [--no-reversible]", "revvit" + (" --no-reversible" if "plain" in name else ""))
+        if "warmup3" in name:
+            cmd = cmd.replace("--warmup-epochs 1", "--warmup-epochs 3")
+        return TrainingRun(name, [{"epoch": 1.0, "loss": 1.0, "test_acc": acc, "step_time_s": 1.0}], cmd)
+
+    runs = [run("revvit", 0.90), run("revvit-plain", 0.89), run("revvit-warmup3", 0.96), run("revvit-warmup3-plain", 0.955)]
+    gaps = {s.run.name: round(s.twin_gap[0], 6) for s in summarise_runs(runs)}
+    assert gaps == {"revvit": 1.0, "revvit-plain": -1.0, "revvit-warmup3": 0.5, "revvit-warmup3-plain": -0.5}

@@ -52,15 +52,19 @@ TIMING_BATCH_SIZE = 32
 TWIN = "revvit (reversible=False)"
 
 
-def depth_row(depth: int, vit: StepProfileData, revvit: StepProfileData) -> dict[str, Any]:
+def depth_row(depth: int, vit: StepProfileData, revvit: StepProfileData, params: int | None = None) -> dict[str, Any]:
     """One row of the depth sweep from the two models' step profiles at ``depth``.
 
+    Args:
+        params: the parameters of each model (the twins have the same), counted by the caller.
+
     Returns:
-        ``depth``, ``vit_activation_bytes``, ``revvit_activation_bytes``, ``vit_peak_bytes``,
-        ``revvit_peak_bytes``, ``activation_ratio`` (Rev-ViT / ViT).
+        ``depth``, ``params``, ``vit_activation_bytes``, ``revvit_activation_bytes``,
+        ``vit_peak_bytes``, ``revvit_peak_bytes``, ``activation_ratio`` (Rev-ViT / ViT).
     """
     return {
         "depth": depth,
+        "params": params,
         "vit_activation_bytes": vit.activation_peak_bytes,
         "revvit_activation_bytes": revvit.activation_peak_bytes,
         "vit_peak_bytes": vit.peak_bytes,

@@ -48,12 +48,15 @@ def depth_sweep(depths: Sequence[int] = DEPTHS, batch_size: int = REPORT_BATCH_S
 
     rows = []
     for depth in depths:
-        prof = {}
+        prof, params = {}, {}
         for name in ("vit", "revvit"):
             torch.manual_seed(0)
             model = get_model(name, depth=depth, **options)
+            params[name] = sum(p.numel() for p in model.parameters())
             prof[name] = profile_step(model, batch_size, (3, 32, 32), estimate=True, name=name)
-        rows.append(depth_row(depth, prof["vit"], prof["revvit"]))
+        if params["vit"] != params["revvit"]:
+            raise AssertionError(f"vit and revvit differ in parameters at depth {depth}: {params}")
+        rows.append(depth_row(depth, prof["vit"], prof["revvit"], params["vit"]))
     return rows
 
 

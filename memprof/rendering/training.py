@@ -55,7 +55,8 @@ def render_training_report(runs: Sequence[TrainingRun], runs_dir: str | Path,
 
         known_models = list_models()
     lines = ["# Training on real data: scikit-learn's digits", "",
-             f"Every run: `{RECIPE_COMMAND}`. 1,437 training and 360 test images (fixed split), "
+             f"Every run (a row naming a setting, e.g. `warmup-epochs 3`, changed that one): `{RECIPE_COMMAND}`. "
+             "1,437 training and 360 test images (fixed split), "
              "shifted by up to 4 pixels for training. Test accuracy is measured after every epoch in eval mode "
              f"(BatchNorm running statistics). Target: at least {TARGET:.0%} within {BOUND_EPOCHS} epochs (the runs take "
              f"{EPOCHS}), a reversible "
@@ -68,7 +69,8 @@ def render_training_report(runs: Sequence[TrainingRun], runs_dir: str | Path,
     for s in summarise_runs(runs):
         gap = "" if s.twin_gap is None else f"{s.twin_gap[0]:+.1f} (epoch {s.twin_gap[1]})"
         table.append([
-            s.run.model + (f" ({', '.join(s.run.model_options)})" if s.run.model_options else ""),
+            s.run.model + (f" ({', '.join(s.run.model_options + s.run.recipe_changes)})"
+                           if s.run.model_options or s.run.recipe_changes else ""),
             _reversible_label(s.run, plain), f"{s.epochs_run}/{EPOCHS}",
             f"{s.final_acc:.1%}", f"{s.best_acc:.1%}", "-" if s.first_at_target is None else str(s.first_at_target),
             f"{s.final_loss:.3f}", gap, "" if s.peak_bytes is None else format_bytes(s.peak_bytes, "MiB"),

@@ -62,9 +62,11 @@ def render_transformer_section(rows: list[dict[str, Any]], timing: dict[str, Any
         heading: start with the section's ``##`` heading.
     """
     lines = [SECTION_TITLE, ""] if heading else []
-    lines += ["`vit` is a pre-norm ViT (patch 4, 192 wide, 3 heads); `revvit` its reversible twin (two "
-              "streams, `Y1 = X1 + Attn(LN(X2))`, `Y2 = X2 + MLP(LN(Y1))`, one ReversibleSequence). Both have "
-              "5,362,378 parameters at depth 12.", "", render_depth_sweep(rows, batch_size)]
+    counts = "; ".join(f"{r['params']:,} at depth {r['depth']}" for r in rows if r.get("params") is not None)
+    lines += ["`vit` is a pre-norm ViT (a conv stem of stride 4, 192 wide, 3 heads, a BatchNorm head); `revvit` "
+              "its reversible twin (two streams, `Y1 = X1 + Attn(LN(X2))`, `Y2 = X2 + MLP(LN(Y1))`, one "
+              "ReversibleSequence)." + (f" Both have the same parameters: {counts}." if counts else ""),
+              "", render_depth_sweep(rows, batch_size)]
     if timing is not None:
         lo, hi = timing["ratio_range"]
         ok = "meets" if timing["ratio"] <= TIME_TARGET else "misses"

@@ -2,7 +2,7 @@
 
 The report is rendered from the logs (``train_log.csv``) that ``memprof train`` writes, one run
 directory per model under ``runs/digits/`` (``runs/digits/revvgg``, ``runs/digits/revvgg-plain``
-for the ``--no-reversible`` twin, ...): training every model for 8 epochs takes hours on a small
+for the ``--no-reversible`` twin, ...): training every model for 15 epochs takes hours on a small
 CPU, so ``memprof report training`` does not retrain; it reads what the runs logged (final and
 best test accuracy, the first epoch at or above 95%, loss and accuracy curves, peak memory and
 step time) and says which runs are missing or unfinished. ``notes/train_digits.sh MODEL``
