@@ -147,9 +147,10 @@ def test_default_table_depth_gives_the_deck_rows(name: str) -> None:
         + ["RevBlock", "BatchNorm2d", "MaxPool2d", "ReversibleSequence", "Linear"],
         # stem, revblock1, down2, revblock2, ..., down4, revblock4: the body's stages.
         "irevvgg": ["ReversibleSequence"] + ["ReversibleSequence", "InvertibleDownsample"] * 3 + ["ReversibleSequence"],
-        # patch embedding, one row per transformer block, the head's LayerNorm and Linear.
-        "vit": ["Conv2d", "PositionEmbedding"] + ["ViTBlock"] * 12 + ["LayerNorm", "Linear"],
-        "revvit": ["AdditiveCoupling"] * 12,  # depth 3: the couplings (leaves above are rows too)
+        # patch embedding (the conv stem, one row), one row per transformer block, the head's norm and Linear.
+        "vit": ["ConvStem", "PositionEmbedding"] + ["ViTBlock"] * 12 + ["BatchNorm1d", "Linear"],
+        # depth 3: the conv stem's layers, then the couplings (leaves above are rows too)
+        "revvit": ["Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d", "Conv2d"] + ["AdditiveCoupling"] * 12,
     }
     assert shown == expected[name]
 
