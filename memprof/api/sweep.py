@@ -62,11 +62,11 @@ class SweepArgs:
         models: the display names, in order (the first is the savings' reference).
         batch_sizes, mode, device, dtype: as given.
         optimizer: the optimizer's label (its name, or the callable's name).
+        step: the checked training step (optimizer, settings, inputs, loss, autocast,
+            accumulation) at batch 1; each row replaces the batch size and input shape.
         modules: display name -> the user's module (registered models are built by name).
         registered: display name -> registered name, for the models built by the library.
         input_shape: one float sample's shape for every model (None: a registered model's own).
-        step: the checked training step (optimizer, settings, inputs, loss, autocast,
-            accumulation) at batch 1; each row replaces the batch size and input shape.
         model_options: options of every registered model's builder (``{"depth": 6}``).
     """
 
@@ -76,10 +76,10 @@ class SweepArgs:
     device: torch.device
     dtype: torch.dtype
     optimizer: str
+    step: StepArgs
     modules: dict[str, nn.Module] = field(default_factory=dict)
     registered: dict[str, str] = field(default_factory=dict)
     input_shape: tuple[int, ...] | None = None
-    step: StepArgs | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -154,8 +154,8 @@ def check_sweep_args(
     step = check_step_args(1, shape or (3, 32, 32), optimizer, dtype, device, checked_mode is Mode.ESTIMATED,
                            inputs=inputs, loss_fn=loss_fn, optimizer_settings=optimizer_settings, autocast=autocast,
                            accumulation_steps=accumulation_steps)
-    return SweepArgs(names, sizes, checked_mode, step.device, step.dtype, optimizer_label(step.optimizer),
-                     modules, registered, shape, step, options)
+    return SweepArgs(names, sizes, checked_mode, step.device, step.dtype, optimizer_label(step.optimizer), step,
+                     modules, registered, shape, options)
 
 
 def _free_memory(device: torch.device) -> None:
@@ -168,7 +168,7 @@ def _input_shape(name: str, args: SweepArgs) -> tuple[int, ...]:
     """One float sample's shape for this model: the one given, else the registered model's (none with inputs)."""
     from ..models import get_model_info
 
-    if args.step is not None and args.step.inputs is not None:
+    if args.step.inputs is not None:
         return ()
     if args.input_shape is not None:
         return args.input_shape
@@ -177,8 +177,7 @@ def _input_shape(name: str, args: SweepArgs) -> tuple[int, ...]:
 
 def _measure_row(name: str, model: torch.nn.Module, b: int, args: SweepArgs) -> dict[str, Any]:
     """The four figures of one (model, batch size): its table's totals and its step's profile."""
-    base = args.step or check_step_args(1, (3, 32, 32), args.optimizer, args.dtype, args.device,
-                                        args.mode is Mode.ESTIMATED)
+    base = args.step
     shape = _input_shape(name, args)
     table_model: str | nn.Module = args.registered.get(name) or model
     table = run_layer_table(check_table_args(
@@ -231,7 +230,7 @@ def run_sweep(args: SweepArgs, *, progress: bool | None = True) -> SweepResult:
     notes = []
     if args.mode is Mode.MEASURED and args.device.type == "cpu":
         notes.append("Measured on the CPU: peaks are the c10 CPU allocator's (torch.profiler memory events).")
-    recipe = args.step.recipe if args.step is not None else None
+    recipe = args.step.recipe
     if recipe is not None and recipe.autocast is not None:
         notes.append(f"The step peaks run under autocast ({dtype_name(recipe.autocast)}); the table's columns "
                      f"(seed conv., autograd-saved) come from a forward in {dtype_name(args.dtype)} without "
