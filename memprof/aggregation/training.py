@@ -42,9 +42,13 @@ class TrainingRun:
     rows: list[dict[str, float]]
     command: str | None = None
 
-    def _option(self, flag: str) -> str | None:
+    def _values(self, flag: str) -> list[str]:
+        """Every value the run's command gives ``flag`` (``--model-option`` repeats)."""
         words = (self.command or "").split()
-        return next((b for a, b in zip(words, words[1:]) if a == flag), None)
+        return [b for a, b in zip(words, words[1:]) if a == flag]
+
+    def _option(self, flag: str) -> str | None:
+        return next(iter(self._values(flag)), None)
 
     @property
     def model(self) -> str:
@@ -65,8 +69,7 @@ class TrainingRun:
     @property
     def model_options(self) -> list[str]:
         """The ``--model-option KEY=N`` values of the run's command (empty: the registered size)."""
-        words = (self.command or "").split()
-        return [b for a, b in zip(words, words[1:]) if a == "--model-option"]
+        return self._values("--model-option")
 
     @property
     def reversible(self) -> bool:
