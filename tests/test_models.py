@@ -112,6 +112,24 @@ def test_revvgg_blocks_match_the_deck_column() -> None:
     assert count(model) == 20_828_298
 
 
+def test_revvgg_classifier_input_is_centred_over_the_batch() -> None:
+    # NOTE [ Normalisation in the main stream ]: pool5 averages norm5's output, so in training mode
+    # the linear block (the identity at the start) and fc see inputs of zero batch mean; the deck's
+    # max-pool gave |mean|^2 of about 570 on digits (one per feature here, ~1 each).
+    torch.manual_seed(0)
+    model = get_model("revvgg").train()
+    seen = {}
+    model.fc.register_forward_hook(lambda mod, inp, out: seen.__setitem__("x", inp[0].detach()))
+    with one_thread():
+        model(torch.randn(16, 3, 32, 32))
+    x = seen["x"]
+    assert x.mean(0).pow(2).sum() < 1e-6 * x.var(0).sum()
+    model.pool5 = nn.MaxPool2d(2, 2)  # the deck's pool5: its outputs are the largest of four, not centred
+    with one_thread():
+        model(torch.randn(16, 3, 32, 32))
+    assert seen["x"].mean(0).pow(2).sum() > 0.5 * seen["x"].shape[1]
+
+
 def test_irevvgg_parameters_and_invertible_body() -> None:
     model = get_model("irevvgg").eval()
     assert count(model) == 24_064_322  # the head's BatchNorm2d(1536) is 3,072 of it
@@ -144,13 +162,13 @@ def test_default_table_depth_gives_the_deck_rows(name: str) -> None:
     expected = {
         "vgg19": deck_rows(CFGS["E"]),  # 40 rows
         "revvgg": ["Conv2d", "MaxPool2d"] + ["RevBlock", "MaxPool2d"] * 3
-        + ["RevBlock", "BatchNorm2d", "MaxPool2d", "ReversibleSequence", "Linear"],
+        + ["RevBlock", "BatchNorm2d", "AvgPool2d", "ReversibleSequence", "Linear"],  # pool5 averages (vgg.py)
         # stem, revblock1, down2, revblock2, ..., down4, revblock4: the body's stages.
         "irevvgg": ["ReversibleSequence"] + ["ReversibleSequence", "InvertibleDownsample"] * 3 + ["ReversibleSequence"],
         # patch embedding (the conv stem, one row), one row per transformer block, the head's norm and Linear.
         "vit": ["ConvStem", "PositionEmbedding"] + ["ViTBlock"] * 12 + ["BatchNorm1d", "Linear"],
         # depth 3: the conv stem's layers, then the couplings (leaves above are rows too)
-        "revvit": ["Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d", "Conv2d"] + ["AdditiveCoupling"] * 12,
+        "revvit": ["Conv2d", "BatchNorm2d"] * 4 + ["Conv2d"] + ["AdditiveCoupling"] * 12,
     }
     assert shown == expected[name]
 

@@ -167,10 +167,12 @@ def test_revvgg_seed_differences_are_named() -> None:
     conv = by_cause["inconsistent convention"]
     assert [(d.seed_row, d.column) for d in conv] == [(11, "activations")]
     # The main stream's BatchNorms (NOTE [ Normalisation in the main stream ]): one more in each
-    # RevBlock (rows 3, 5, 7, 9) and norm5 (no deck row); the linear block's couplings (11).
+    # RevBlock (rows 3, 5, 7, 9) and norm5 (no deck row); pool5 averages (10); the linear
+    # block's couplings (11).
     design = by_cause["different design"]
     assert sorted((d.seed_row or 0, d.column) for d in design) == [
-        (0, "row"), (3, "params"), (5, "params"), (7, "params"), (9, "params"), (11, "params")]
+        (0, "row"), (3, "params"), (5, "params"), (7, "params"), (9, "params"), (10, "layer"), (11, "params")]
+    assert [(d.seed, d.memprof) for d in design if d.column == "layer"] == [("Maxpool2d", "AvgPool2d")]
     assert all("NOTE [ Normalisation in the main stream ]" in d.detail for d in design if d.seed_row != 11)
     assert [d.column for d in by_cause["rounding slip"]] == ["parameter memory"]
     assert set(by_cause) <= {"arithmetic slip", "inconsistent convention", "different design",

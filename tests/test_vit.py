@@ -38,7 +38,7 @@ def count(m: nn.Module) -> int:
 
 def test_defaults_and_options() -> None:
     vit, rev = get_model("vit"), get_model("revvit")
-    assert count(vit) == count(rev) == 5_414_650
+    assert count(vit) == count(rev) == 5_518_618
     assert len(vit.blocks) == 12 and len(rev.blocks) == 12
     assert vit.blocks[0].attn[1].heads == 3 and vit.patch_embed.proj[-1].kernel_size == (1, 1)  # conv stem, stride 4
     assert isinstance(rev.blocks, ReversibleSequence)
@@ -49,6 +49,40 @@ def test_defaults_and_options() -> None:
     a = [tuple(v.shape) for v in get_model("vit", **SMALL).blocks[0].state_dict().values()]
     b = [tuple(v.shape) for v in get_model("revvit", **SMALL).blocks[0].state_dict().values()]
     assert a == b
+
+
+def test_attention_starts_with_unit_scale_logits() -> None:
+    # NOTE [ A ViT that SGD trains ]: q, k and v are each Xavier-uniform on their (D, D) block
+    # (std D ** -0.5), every other Linear truncated-normal(0.02), so the attention logits start near
+    # unit scale instead of ~0.08 and the heads do not all attend uniformly.
+    from memprof.models.vit import Attention
+
+    for name in ("vit", "revvit"):
+        torch.manual_seed(0)
+        model = get_model(name)
+        attns = [m for m in model.modules() if isinstance(m, Attention)]
+        assert len(attns) == 12
+        for a in attns:
+            d = a.proj.in_features
+            for block in a.qkv.weight.detach().chunk(3, dim=0):
+                assert abs(block.std().item() * d ** 0.5 - 1) < 0.05
+            assert abs(a.proj.weight.std().item() - 0.02) < 0.002
+        logits: list[float] = []
+
+        def hook(mod, inp, out, logits=logits):
+            x = inp[0]
+            b, n, d = x.shape
+            q, k, _ = mod.qkv(x).view(b, n, 3, mod.heads, d // mod.heads).permute(2, 0, 3, 1, 4)
+            logits.append((q @ k.transpose(-1, -2) / (d // mod.heads) ** 0.5).std().item())
+
+        handles = [a.register_forward_hook(hook) for a in attns]
+        try:
+            with torch.no_grad():
+                model(torch.randn(4, 3, 32, 32))
+        finally:
+            for h in handles:
+                h.remove()
+        assert min(logits) > 0.3, logits  # std 0.02 everywhere gave 0.07-0.08
 
 
 @pytest.mark.parametrize(
@@ -243,3 +277,28 @@ def test_training_report_pairs_twins_by_run_name() -> None:
     runs = [run("revvit", 0.90), run("revvit-plain", 0.89), run("revvit-warmup3", 0.96), run("revvit-warmup3-plain", 0.955)]
     gaps = {s.run.name: round(s.twin_gap[0], 6) for s in summarise_runs(runs)}
     assert gaps == {"revvit": 1.0, "revvit-plain": -1.0, "revvit-warmup3": 0.5, "revvit-warmup3-plain": -0.5}
+
+
+def test_training_report_gathers_twin_gaps_over_seeds() -> None:
+    from memprof.aggregation.training import (
+        RECIPE_COMMAND,
+        TrainingRun,
+        summarise_runs,
+        twin_gaps_over_seeds,
+    )
+
+    def run(name: str, acc: float, seed: int | None, warmup: int = 1) -> TrainingRun:
+        cmd = RECIPE_COMMAND.replace("MODEL [--no-reversible]", "revvgg" + (" --no-reversible" if "plain" in name else ""))
+        cmd = cmd.replace("--warmup-epochs 1", f"--warmup-epochs {warmup}") + (f" --seed {seed}" if seed is not None else "")
+        return TrainingRun(name, [{"epoch": 1.0, "loss": 1.0, "test_acc": acc, "step_time_s": 1.0}], cmd)
+
+    runs = [run("revvgg", 0.99, None), run("revvgg-plain", 0.98, None),
+            run("revvgg-seed1", 0.985, 1), run("revvgg-seed1-plain", 0.99, 1),
+            run("revvgg-w3", 0.97, None, 3), run("revvgg-w3-plain", 0.96, None, 3)]  # one seed: not gathered
+    assert runs[2].recipe_changes == ["seed 1"]
+    gaps = twin_gaps_over_seeds(summarise_runs(runs))
+    assert list(gaps) == ["revvgg"]
+    assert [(seed, round(g, 6)) for seed, g in gaps["revvgg"]] == [(0, 1.0), (1, -0.5)]
+    text = render_training_report(runs, "runs/digits", known_models=["revvgg"])
+    assert "- revvgg: +1.0 (seed 0), -0.5 (seed 1); mean +0.25 points over 2 seeds" in text
+    assert "| revvgg (seed 1) " in text

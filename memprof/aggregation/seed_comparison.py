@@ -195,6 +195,10 @@ def _compare_row(i: int, seed: SeedTable, row: TableRow) -> list[SeedDifference]
     def add(column: str, sv: Any, mv: Any, cause: str, detail: str) -> None:
         out.append(SeedDifference(i + 1, row.name, row.layer, column, _cell(sv), _cell(mv), cause, detail))
 
+    # the kind of pooling (rows are aligned by kind, so a max-pool and an average-pool align)
+    if _kind(s.layer) == "pool" and s.layer.lower() != row.layer.lower():
+        add("layer", s.layer, row.layer, "different design", _with_design_note(
+            row.name, f"memprof's {row.name} is {row.layer}, the deck's {s.layer}"))
     # input shape
     s_in = parse_shape(s.input_shape)
     m_in = row.input_shape[0] if len(row.input_shape) == 1 else ()

@@ -13,19 +13,20 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["BOUND_EPOCHS", "EPOCHS", "RECIPE_COMMAND", "TARGET", "RunSummary", "TrainingRun", "log_rows", "missing_models",
-           "summarise_runs", "unfinished_runs"]
+           "summarise_runs", "twin_gaps_over_seeds", "unfinished_runs"]
 
 #: The recipe every run uses: the deck's (SGD, lr 0.1, momentum 0.9; lr / 10 every 50 of 300
 #: epochs), its first three phases scaled to the bound's 15 epochs (lr / 10 every 5), weight decay
-#: 5e-4, and a one-epoch linear warm-up (without it Rev-VGG's loss reaches NaN at step 17: NOTE
-#: [ Normalisation in the main stream ] in memprof.models.vgg and README's training status).
+#: 5e-4, and a one-epoch linear warm-up (without it Rev-VGG with the deck's max-pool before its
+#: classifier reached a NaN loss at step 17: NOTE [ Normalisation in the main stream ] in
+#: memprof.models.vgg and README's training status).
 RECIPE_COMMAND = ("memprof train --dataset digits --model MODEL [--no-reversible] --epochs 15 --batch-size 64 "
                   "--lr 0.1 --momentum 0.9 --weight-decay 5e-4 --lr-step 5 --warmup-epochs 1 --out runs/digits/RUN")
 #: Epochs of each run.
 EPOCHS = 15
 #: The numeric settings of :data:`RECIPE_COMMAND` a run may change (its row in the report says so).
 _RECIPE_FLAGS = ("--epochs", "--batch-size", "--lr", "--momentum", "--weight-decay", "--lr-step", "--warmup-epochs",
-                 "--gamma")
+                 "--gamma", "--seed")
 #: Issue 15's bound: the test accuracy must reach :data:`TARGET` within this many epochs.
 BOUND_EPOCHS = 15
 #: Issue 15's bound: at least this test accuracy within :data:`BOUND_EPOCHS` epochs.
@@ -138,6 +139,27 @@ def summarise_runs(runs: Sequence[TrainingRun]) -> list[RunSummary]:
         out.append(RunSummary(run, int(last["epoch"]), last["test_acc"], max(run.column("test_acc")),
                               run.first_epoch_at(TARGET), last["loss"], gap, peak, steps[len(steps) // 2]))
     return out
+
+
+def twin_gaps_over_seeds(summaries: Sequence[RunSummary]) -> dict[str, list[tuple[int, float]]]:
+    """The twin gaps of each reversible setting trained with more than one seed.
+
+    Runs of one model with the same options and recipe changes, apart from ``--seed``, are one
+    setting; a run without ``--seed`` is seed 0 (``memprof train``'s default).
+
+    Returns:
+        ``{label: [(seed, points), ...]}`` sorted by seed, for the settings with two or more seeds;
+        the label is the model, then its options and non-seed changes in parentheses.
+    """
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for s in summaries:
+        if not s.run.reversible or s.twin_gap is None:
+            continue
+        changes = [c for c in s.run.recipe_changes if not c.startswith("seed ")]
+        extra = s.run.model_options + changes
+        label = s.run.model + (f" ({', '.join(extra)})" if extra else "")
+        groups.setdefault(label, []).append((int(float(s.run._option("--seed") or 0)), s.twin_gap[0]))
+    return {k: sorted(v) for k, v in sorted(groups.items()) if len(v) > 1}
 
 
 def unfinished_runs(runs: Sequence[TrainingRun], epochs: int = EPOCHS) -> list[str]:

@@ -196,20 +196,26 @@ def make_linear_branch(features: int) -> nn.Sequential:
 #   parameters to each RevBlock (+128 / +256 / +512 / +1,024, at most 0.025% of its count).
 # - the linear block's input is normalised too: ``norm5``, a BatchNorm2d(512) of revblock4's
 #   (512, 2, 2) output, before pool5. (A BatchNorm1d after the flatten would see one value per
-#   channel at batch 1 and refuse to train there; on the 2x2 map it sees four. Max-pooling
-#   commutes with the per-channel affine map of an evaluation-mode BatchNorm of positive weight,
-#   so the two places compute nearly the same function.)
+#   channel at batch 1 and refuse to train there; on the 2x2 map it sees four. Average-pooling
+#   commutes with the per-channel affine map of an evaluation-mode BatchNorm, so the two places
+#   compute the same function in evaluation.)
+# - pool5 averages instead of taking the deck's maximum. With a max-pool after norm5 the linear
+#   block and fc saw max-pooled BatchNorm outputs, which are not centred: on a digits batch fc's
+#   input had |mean|^2 = 570, so the top curvature of the softmax layer, about 0.1 x 575, times
+#   lr 0.1 is 5.7, past heavy-ball's stability bound 2 (1 + momentum) = 3.8. Without warm-up the
+#   loss climbed from step 2 and was NaN at step 17; with a one-epoch linear warm-up seed 0
+#   trained (99.7% test accuracy after 15 epochs) but seed 1 reached a NaN loss within its first
+#   epoch (`memprof train --dataset digits --model revvgg --seed 1`, the recipe of
+#   reports/training.md). The average of BatchNorm outputs is centred over the batch: in a
+#   probe of seed 1 (the recipe's first 23 steps) fc's input has |mean|^2 = 0.0 at the start
+#   (the linear block starts as the identity) and 0.3 at step 23, where the max-pool's had 570
+#   and 199, with the top eigenvalue of the centred covariance alike (37-133 against 54-113).
+#   No parameter changes; the row keeps the deck's (512, 1, 1) output and 512 activations, and
+#   autograd no longer keeps the max-pool's int64 indices (0.50 MiB at batch 128).
 # The stem keeps the deck's conv + ReLU: revblock1's BatchNorm normalises its pooled output
 # before any coupling adds to it. A BatchNorm right after the stem conv would keep the conv's
 # (64, 32, 32) output for backward, 256 KiB per sample, the largest tensor of the network.
 # The couplings keep starting as the identity (NOTE [ Couplings start as the identity ]).
-# norm5 sits before pool5, so the linear block and fc see max-pooled BatchNorm outputs, which are
-# not centred: on a digits batch fc's input has |mean|^2 = 570, so the top curvature of the
-# softmax layer, about 0.1 x 575, times lr 0.1 is 5.7, past heavy-ball's stability bound
-# 2 (1 + momentum) = 3.8 (centred it would be 0.22). Without warm-up the loss climbs from step 2
-# and is NaN at step 17; with a one-epoch linear warm-up Rev-VGG trains (98.3% test accuracy on
-# digits at epoch 4 of an 8-epoch run; 99.7% after the 15 epochs of reports/training.md, whose recipe
-# therefore warms up for an epoch).
 
 
 #: Why memprof's Rev-VGG differs from the deck's table, by row name (digits stripped): shown in
@@ -219,6 +225,8 @@ SEED_DESIGN_NOTES: dict[str, str] = {
                 "so that Rev-VGG trains with the deck's lr 0.1 (NOTE [ Normalisation in the main stream ])",
     "norm": "a BatchNorm2d of revblock4's output before pool5 and the linear block, so that Rev-VGG trains "
             "with the deck's lr 0.1 (NOTE [ Normalisation in the main stream ])",
+    "pool": "pool5 averages the BatchNorm'd 2x2 map instead of taking its maximum, so that the linear block and fc "
+            "see centred inputs and lr 0.1 stays stable (NOTE [ Normalisation in the main stream ])",
     "linear_block": "two couplings with F, G = Linear(256, 256) + ReLU + Linear(256, 256); the deck's count is "
                     "that of the two Linear(512, 512) they replace",
 }
@@ -271,7 +279,9 @@ def _build_revvgg(cfg: list[int | str], num_classes: int) -> RevVGG:
         layers[f"revblock{k}"] = RevBlock(c_in, c_out)
         if k == len(widths) - 1:
             layers[f"norm{k + 1}"] = nn.BatchNorm2d(c_out)  # NOTE [ Normalisation in the main stream ]
-        layers[f"pool{k + 1}"] = nn.MaxPool2d(2, 2)
+            layers[f"pool{k + 1}"] = nn.AvgPool2d(2, 2)  # centred for the linear block (same NOTE)
+        else:
+            layers[f"pool{k + 1}"] = nn.MaxPool2d(2, 2)
     width = widths[-1]
     layers["flatten"] = nn.Flatten(1)
     layers["linear_block"] = ReversibleSequence(

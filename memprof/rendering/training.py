@@ -14,6 +14,7 @@ from ..aggregation.training import (
     TrainingRun,
     missing_models,
     summarise_runs,
+    twin_gaps_over_seeds,
     unfinished_runs,
 )
 from ..units import format_bytes
@@ -66,7 +67,8 @@ def render_training_report(runs: Sequence[TrainingRun], runs_dir: str | Path,
         return "\n".join(lines) + "\n"
     table = []
     plain = plain_models(sorted({r.model for r in runs}))
-    for s in summarise_runs(runs):
+    summaries = summarise_runs(runs)
+    for s in summaries:
         gap = "" if s.twin_gap is None else f"{s.twin_gap[0]:+.1f} (epoch {s.twin_gap[1]})"
         table.append([
             s.run.model + (f" ({', '.join(s.run.model_options + s.run.recipe_changes)})"
@@ -81,6 +83,14 @@ def render_training_report(runs: Sequence[TrainingRun], runs_dir: str | Path,
                                           "acc. minus twin's, points", "peak RSS (measured)",
                                           "step time, s (measured, median)"],
                           tablefmt="github", disable_numparse=True))
+    seeds = twin_gaps_over_seeds(summaries)
+    if seeds:
+        lines += ["", ("Twin gaps over seeds (each seed seeds the initialisation, the shuffling and the augmentation "
+                       "of both twins; one pair's gap is one draw):"), ""]
+        for label, gaps in seeds.items():
+            points = [g for _, g in gaps]
+            lines.append(f"- {label}: " + ", ".join(f"{g:+.1f} (seed {seed})" for seed, g in gaps)
+                         + f"; mean {sum(points) / len(points):+.2f} points over {len(points)} seeds")
     lines += ["", "![loss and test accuracy per epoch](training.png)", "", "Runs (from each run's `command.txt`, "
               "written by `notes/train_digits.sh`):", ""]
     lines += [f"- {r.name}: `{r.command}`" if r.command else f"- {r.name}: (no command.txt)" for r in runs]
