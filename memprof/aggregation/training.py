@@ -68,6 +68,11 @@ class TrainingRun:
         return changes
 
     @property
+    def seed(self) -> int:
+        """The command's ``--seed`` (``memprof train``'s default, 0, when it gives none)."""
+        return int(float(self._option("--seed") or 0))
+
+    @property
     def model_options(self) -> list[str]:
         """The ``--model-option KEY=N`` values of the run's command (empty: the registered size)."""
         return self._values("--model-option")
@@ -158,7 +163,7 @@ def twin_gaps_over_seeds(summaries: Sequence[RunSummary]) -> dict[str, list[tupl
         changes = [c for c in s.run.recipe_changes if not c.startswith("seed ")]
         extra = s.run.model_options + changes
         label = s.run.model + (f" ({', '.join(extra)})" if extra else "")
-        groups.setdefault(label, []).append((int(float(s.run._option("--seed") or 0)), s.twin_gap[0]))
+        groups.setdefault(label, []).append((s.run.seed, s.twin_gap[0]))
     return {k: sorted(v) for k, v in sorted(groups.items()) if len(v) > 1}
 
 
