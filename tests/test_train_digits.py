@@ -112,9 +112,8 @@ RECIPE = dict(dataset="digits", epochs=15, batch_size=64, lr=0.1, momentum=0.9, 
 #: Models measured short of the bound with RECIPE (reports/training.md, README's training status): strict,
 #: so a fix shows up as an unexpected pass and this list must shrink.
 SHORT_OF_95 = {
-    "vgg19": "92.5% after 15 epochs with RECIPE's one-epoch warm-up (98.3% with three: "
-             "test_vgg19_reaches_95_percent_with_a_three_epoch_warmup); NOTE [ Why VGG-19 starts slowly ] in "
-             "memprof.models.vgg",
+    "vgg19": "92.5% after 15 epochs with RECIPE's one-epoch warm-up (with three, 98.3% with seed 0 but 88.6% "
+             "with seed 1); NOTE [ Why VGG-19 starts slowly ] in memprof.models.vgg",
 }
 
 _SLOW = pytest.mark.skipif(not os.environ.get("MEMPROF_SLOW_TRAINING"),
@@ -146,7 +145,8 @@ def test_every_model_reaches_95_percent_on_digits(name: str, tmp_path: Path) -> 
 @_SLOW
 def test_vgg19_reaches_95_percent_with_a_three_epoch_warmup(tmp_path: Path) -> None:
     # The deck's lr 0.1, momentum and step schedule, warmed up over three epochs instead of one
-    # (NOTE [ Why VGG-19 starts slowly ]): reports/training.md's `vgg19 (warmup-epochs 3)` row.
+    # (NOTE [ Why VGG-19 starts slowly ]): reports/training.md's `vgg19 (warmup-epochs 3)` row,
+    # seed 0. Seed 1 with the same recipe reached only 88.6%, so this checks one run, not a fix.
     res = train(TrainConfig(model="vgg19", out_dir=str(tmp_path), **{**RECIPE, "warmup_epochs": 3}))
     assert all(math.isfinite(h.loss) for h in res.history)
     assert res.history[-1].test_acc >= 0.95

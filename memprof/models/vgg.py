@@ -97,10 +97,11 @@ def make_vgg_layers(cfg: list[int | str], in_channels: int = 3) -> nn.Sequential
 # back early: from the same start, two epochs at a constant lr 0.01 reach 58% training accuracy,
 # against 34% with the recipe's warm-up to 0.1 (batch 32 at lr 0.1: 33%; Xavier-initialised
 # Linears: 26%), and warming up for three epochs instead of one, to the same lr 0.1, reaches 98.3%
-# (95% at epoch 9; the `vgg19 (warmup-epochs 3)` row of reports/training.md). Centring the
-# classifier's input (a norm before it, as i-Rev-VGG and the ViT have) would likely fix it within
-# the recipe, but it would change the deck's architecture and counts: VGG-19 keeps them, and its
-# shortfall with the one-epoch recipe is reported, not hidden.
+# with seed 0 (95% at epoch 9) but 88.6% with seed 1 (training accuracy 89%): the longer warm-up
+# is not a reliable fix (the `vgg19 (warmup-epochs 3...)` rows of reports/training.md). Centring
+# the classifier's input (a norm before it, as i-Rev-VGG and the ViT have, or Rev-VGG's average
+# before its classifier) would likely fix it within the recipe, but it would change the deck's
+# architecture and counts: VGG-19 keeps them, and its shortfall is reported, not hidden.
 # The parameter and activation counts do not change with the initialisation.
 
 
