@@ -67,6 +67,13 @@ class TrainingRun:
                 changes.append(f"{flag.lstrip('-')} {mine}")
         return changes
 
+    def label(self, with_seed: bool = True) -> str:
+        """The model, then its options and the recipe settings it changed in parentheses
+        (``vgg19 (warmup-epochs 3, seed 1)``); ``with_seed=False`` leaves the seed out."""
+        changes = [c for c in self.recipe_changes if with_seed or not c.startswith("seed ")]
+        extra = self.model_options + changes
+        return self.model + (f" ({', '.join(extra)})" if extra else "")
+
     @property
     def seed(self) -> int:
         """The command's ``--seed`` (``memprof train``'s default, 0, when it gives none)."""
@@ -160,10 +167,7 @@ def twin_gaps_over_seeds(summaries: Sequence[RunSummary]) -> dict[str, list[tupl
     for s in summaries:
         if not s.run.reversible or s.twin_gap is None:
             continue
-        changes = [c for c in s.run.recipe_changes if not c.startswith("seed ")]
-        extra = s.run.model_options + changes
-        label = s.run.model + (f" ({', '.join(extra)})" if extra else "")
-        groups.setdefault(label, []).append((s.run.seed, s.twin_gap[0]))
+        groups.setdefault(s.run.label(with_seed=False), []).append((s.run.seed, s.twin_gap[0]))
     return {k: sorted(v) for k, v in sorted(groups.items()) if len(v) > 1}
 
 

@@ -144,7 +144,7 @@ def irevvgg(num_classes: int = 10) -> IRevVGG:
     preserve shape. Autograd keeps only the body's output; backward rebuilds every stage from
     it, one coupling at a time, so what a training step holds does not grow with depth. At
     batch 128 autograd saves 3.76 MiB after the forward (the body's output and the pooled
-    features), against 343.79 MiB for VGG-19 and 124.26 MiB for Rev-VGG.
+    features), against 343.79 MiB for VGG-19 and 123.76 MiB for Rev-VGG.
     The first coupling has no F (NOTE [ Zero padding that no weight reads ]).
 
     F and G are bottlenecks, conv1x1 c->m + BN + ReLU + conv3x3 m->m + BN + ReLU + conv1x1 m->c

@@ -71,8 +71,7 @@ def render_training_report(runs: Sequence[TrainingRun], runs_dir: str | Path,
     for s in summaries:
         gap = "" if s.twin_gap is None else f"{s.twin_gap[0]:+.1f} (epoch {s.twin_gap[1]})"
         table.append([
-            s.run.model + (f" ({', '.join(s.run.model_options + s.run.recipe_changes)})"
-                           if s.run.model_options or s.run.recipe_changes else ""),
+            s.run.label(),
             _reversible_label(s.run, plain), f"{s.epochs_run}/{EPOCHS}",
             f"{s.final_acc:.1%}", f"{s.best_acc:.1%}", "-" if s.first_at_target is None else str(s.first_at_target),
             f"{s.final_loss:.3f}", gap, "" if s.peak_bytes is None else format_bytes(s.peak_bytes, "MiB"),
