@@ -160,7 +160,7 @@ _VIT_OPTIONS: dict[str, Any] = {"width": 192, "depth": 12, "heads": 3, "patch": 
 #: (False: the plain-autograd twin, same weights) is offered where the model has reversible
 #: sequences. ``tests/test_startup.py`` holds this table to the builders.
 MODEL_OPTIONS: dict[str, dict[str, Any]] = {
-    "vgg19": {},
+    "vgg19": {"classifier_input_gain": 0.2},  # memprof.models.vgg.CLASSIFIER_INPUT_GAIN
     "revvgg": {"reversible": True},
     "irevvgg": {"reversible": True},
     "vit": dict(_VIT_OPTIONS),

@@ -75,7 +75,10 @@ def test_compare_builds_every_strategy_with_the_options(capsys):
 
 
 @pytest.mark.parametrize("argv, needles", [
-    (["table", "vgg19", "--model-option", "depth=6"], ["'vgg19'", "'depth'", "allowed: none"]),
+    (["table", "vgg19", "--model-option", "depth=6"], ["'vgg19'", "'depth'", "allowed: classifier_input_gain"]),
+    (["table", "revvgg", "--model-option", "depth=6"], ["'revvgg'", "'depth'", "allowed: reversible"]),
+    (["table", "vgg19", "--model-option", "classifier_input_gain=0"], ["classifier_input_gain", "positive number"]),
+    (["train", "--model", "vgg19", "--model-option", "classifier_input_gain=x"], ["classifier_input_gain", "a number"]),
     (["table", "vit", "--model-option", "widht=3"], ["'widht'", "allowed: width, depth, heads"]),
     (["table", "vit", "--model-option", "width=100"], ["width 100", "heads 3"]),
     (["table", "vit", "--model-option", "depth=0"], ["depth='0'", "positive integer"]),
@@ -91,7 +94,8 @@ def test_compare_builds_every_strategy_with_the_options(capsys):
     (["sweep", "--models", "vit,revvit", "--model-option", "heads=5"], ["width 192", "heads 5"]),
     (["compare", "--model-option", "depth=2"], ["'vgg19'", "'depth'"]),
     (["compare", "--family", "vit", "--model-option", "reversible=false"], ["'reversible'", "allowed: width"]),
-], ids=["no-options", "unknown-name", "width-heads", "zero", "not-a-number", "no-value", "twice", "bool",
+], ids=["vgg19-unknown", "revvgg-unknown", "gain-not-positive", "train-gain-not-a-number", "unknown-name",
+        "width-heads", "zero", "not-a-number", "no-value", "twice", "bool",
         "factory", "profile", "fit", "sweep-one-model", "sweep-heads", "compare-vgg", "compare-reversible"])
 def test_bad_model_options_are_one_line_and_exit_2(argv, needles, capsys):
     code, out, err = run(argv, capsys)

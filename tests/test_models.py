@@ -90,6 +90,29 @@ def test_vgg19_parameters_are_the_decks() -> None:
     assert [m.out_features for m in model.classifier if isinstance(m, nn.Linear)] == [512, 512, 10]
 
 
+def test_vgg19_classifier_input_starts_small() -> None:
+    # NOTE [ Why VGG-19 starts slowly ]: the last BatchNorm's weight starts at CLASSIFIER_INPUT_GAIN, so the
+    # classifier's ReLU'd, max-pooled input starts with |batch mean|^2 ~ 0.2^2 x 512 x 1.03^2 = 22, where
+    # PyTorch's weight 1 gives ~540 (the mean of the largest of four ReLU'd unit normals is 1.03).
+    from memprof.models.vgg import CLASSIFIER_INPUT_GAIN
+
+    torch.manual_seed(0)
+    model = get_model("vgg19").train()
+    norms = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    assert all(bool((n.weight == 1).all()) for n in norms[:-1])
+    assert bool((norms[-1].weight == CLASSIFIER_INPUT_GAIN).all()) and CLASSIFIER_INPUT_GAIN == 0.2
+    seen = {}
+    model.classifier[0].register_forward_hook(lambda mod, inp, out: seen.__setitem__("x", inp[0].detach()))
+    x = torch.randn(16, 3, 32, 32)
+    with one_thread():
+        model(x)
+        small = seen["x"].mean(0).pow(2).sum().item()
+        nn.init.ones_(norms[-1].weight)  # PyTorch's default, the negative control
+        model(x)
+        large = seen["x"].mean(0).pow(2).sum().item()
+    assert 10 < small < 40 and 400 < large < 800, (small, large)
+
+
 def test_revvgg_blocks_match_the_deck_column() -> None:
     model = built("revvgg")
     names = [name for name, _ in model.named_children()]

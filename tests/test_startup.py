@@ -152,6 +152,13 @@ def test_model_options_match_the_builders():
     assert MODEL_OPTIONS["vit"] == vit
     assert {k: v for k, v in MODEL_OPTIONS["revvit"].items() if k != "reversible"} == vit
     assert {f: t["plain"].model for f, t in FAMILIES.items()} == COMPARE_REFERENCES
+    import inspect
+
+    from memprof.models import get_model_info
+    for name in ("vgg19", "revvgg", "irevvgg"):  # the other builders' defaults, from their signatures
+        params = inspect.signature(get_model_info(name).builder).parameters
+        defaults = {k: p.default for k, p in params.items() if k != "num_classes"}
+        assert {k: v for k, v in MODEL_OPTIONS[name].items() if k != "reversible"} == defaults
 
 
 # ------------------------------------------------------------------------------------------------

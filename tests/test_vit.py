@@ -102,7 +102,9 @@ def test_bad_options_are_usage_errors(name: str, options: dict, match: str) -> N
 
 
 def test_options_of_a_model_without_any() -> None:
-    with pytest.raises(ValueError, match="model 'vgg19' takes no option"):
+    with pytest.raises(ValueError, match="model 'revvgg' takes no option.*allowed: reversible"):
+        get_model("revvgg", width=8)
+    with pytest.raises(ValueError, match="model 'vgg19' takes no option.*allowed: classifier_input_gain"):
         get_model("vgg19", width=8)
 
 
@@ -240,11 +242,12 @@ def test_depth_sweep_text_states_growth_only_across_depths() -> None:
 
 
 def test_training_report_names_model_options() -> None:
-    from memprof.aggregation.training import TrainingRun
+    from memprof.aggregation.training import RECIPE_COMMAND, TrainingRun
 
     row = {"epoch": 1.0, "loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.96, "lr": 0.1,
            "step_time_s": 1.0}
-    run = TrainingRun("vit", [row], "memprof train --model vit --model-option depth=6 --model-option width=96")
+    cmd = RECIPE_COMMAND.replace("MODEL [--no-reversible]", "vit --model-option depth=6 --model-option width=96")
+    run = TrainingRun("vit", [row], cmd)
     assert run.model_options == ["depth=6", "width=96"] and TrainingRun("vit", [row]).model_options == []
     assert "| vit (depth=6, width=96) " in render_training_report([run], "runs/digits", known_models=["vit"])
 
@@ -255,14 +258,27 @@ def test_training_report_names_changed_recipe_settings() -> None:
     row = {"epoch": 1.0, "loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.9, "lr": 0.1,
            "step_time_s": 1.0}
     recipe = RECIPE_COMMAND.replace("MODEL [--no-reversible]", "vgg19").replace("RUN", "vgg19-warmup3")
-    run = TrainingRun("vgg19-warmup3", [row], recipe.replace("--warmup-epochs 1", "--warmup-epochs 3"))
+    run = TrainingRun("vgg19-warmup3", [row], recipe.replace(" --out", " --warmup-epochs 3 --out"))
     assert run.model == "vgg19" and run.reversible and run.recipe_changes == ["warmup-epochs 3"]
     same = TrainingRun("vgg19", [row], recipe)
     assert same.recipe_changes == [] and same.model == "vgg19"
+    # A flag the command does not give ran at memprof train's default, which may differ from the recipe's.
+    short = TrainingRun("vgg19-b", [row], recipe.replace(" --batch-size 64", "").replace(" --weight-decay 5e-4", ""))
+    assert short.recipe_changes == ["batch-size 128", "weight-decay 0"]
+    assert TrainingRun("v", [row], recipe + " --warmup-epochs 0 --seed 0").recipe_changes == []
     twin = TrainingRun("x", [row], recipe.replace("vgg19 ", "revvgg --no-reversible "))
     assert twin.model == "revvgg" and not twin.reversible  # from the command, whatever the directory's name
     text = render_training_report([same, run], "runs/digits", known_models=["vgg19"])
     assert "| vgg19 (warmup-epochs 3) " in text and "| vgg19   " in text
+
+
+def test_train_defaults_are_memprof_trains() -> None:
+    # The report's reading of a command that omits a flag (aggregation may not import memprof.train).
+    from memprof.aggregation.training import TRAIN_DEFAULTS
+    from memprof.train.config import TrainConfig
+
+    defaults = TrainConfig()
+    assert TRAIN_DEFAULTS == {flag: getattr(defaults, flag.lstrip("-").replace("-", "_")) for flag in TRAIN_DEFAULTS}
 
 
 def test_training_report_pairs_twins_by_run_name() -> None:
@@ -271,7 +287,7 @@ def test_training_report_pairs_twins_by_run_name() -> None:
     def run(name: str, acc: float) -> TrainingRun:
         cmd = RECIPE_COMMAND.replace("MODEL [--no-reversible]", "revvit" + (" --no-reversible" if "plain" in name else ""))
         if "warmup3" in name:
-            cmd = cmd.replace("--warmup-epochs 1", "--warmup-epochs 3")
+            cmd += " --warmup-epochs 3"
         return TrainingRun(name, [{"epoch": 1.0, "loss": 1.0, "test_acc": acc, "step_time_s": 1.0}], cmd)
 
     runs = [run("revvit", 0.90), run("revvit-plain", 0.89), run("revvit-warmup3", 0.96), run("revvit-warmup3-plain", 0.955)]
@@ -287,9 +303,9 @@ def test_training_report_gathers_twin_gaps_over_seeds() -> None:
         twin_gaps_over_seeds,
     )
 
-    def run(name: str, acc: float, seed: int | None, warmup: int = 1) -> TrainingRun:
+    def run(name: str, acc: float, seed: int | None, warmup: int = 0) -> TrainingRun:
         cmd = RECIPE_COMMAND.replace("MODEL [--no-reversible]", "revvgg" + (" --no-reversible" if "plain" in name else ""))
-        cmd = cmd.replace("--warmup-epochs 1", f"--warmup-epochs {warmup}") + (f" --seed {seed}" if seed is not None else "")
+        cmd += f" --warmup-epochs {warmup}" + (f" --seed {seed}" if seed is not None else "")
         return TrainingRun(name, [{"epoch": 1.0, "loss": 1.0, "test_acc": acc, "step_time_s": 1.0}], cmd)
 
     runs = [run("revvgg", 0.99, None), run("revvgg-plain", 0.98, None),

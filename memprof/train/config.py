@@ -53,7 +53,7 @@ class TrainConfig:
         weight_decay: L2 penalty (the deck gives none; 5e-4 is the usual CIFAR choice).
         lr_step: epochs between learning-rate decays (StepLR).
         warmup_epochs: raise the learning rate linearly, step by step, from lr/steps to lr over
-            this many epochs (0: none, the deck's recipe); see NOTE [ Why VGG-19 starts slowly ].
+            this many epochs (0: none, the deck's recipe and that of reports/training.md).
         gamma: the decay factor.
         dataset: ``cifar10`` or ``digits`` (scikit-learn's, offline; see ``memprof.train.data``).
         data_dir: CIFAR-10 root (``cifar-10-batches-py/`` inside).
