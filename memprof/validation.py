@@ -271,7 +271,20 @@ def parse_model_options(specs: Sequence[str] | Mapping[str, Any] | None, model: 
     if model in _VIT_MODELS:  # NOTE [ Starting without torch ]: the builders' check, before torch
         defaults = {k: v for k, v in MODEL_OPTIONS[model].items() if k != "reversible"}
         check_vit_shape({**defaults, **{k: v for k, v in options.items() if k != "reversible"}})
+    elif model == "vgg19":  # the same, for VGG-19's one option
+        check_vgg_options(options)
     return options
+
+
+def check_vgg_options(options: Mapping[str, Any]) -> None:
+    """Check VGG-19's builder options (``classifier_input_gain``: a positive, finite number) without torch.
+
+    Raises:
+        UsageError: for a gain that is not a number (a bool is not one), not positive or not finite.
+    """
+    gain = options.get("classifier_input_gain", 1.0)
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 < gain < math.inf:
+        raise UsageError(f"model option classifier_input_gain of 'vgg19' must be a positive number, got {gain!r}")
 
 
 #: The built-in models whose options are a ViT's shape (:data:`memprof.vocabulary.MODEL_OPTIONS`).

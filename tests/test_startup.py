@@ -84,6 +84,8 @@ BAD_ARGUMENTS = {
     "sweep-heads": (["--models", "vit,revvit", "--model-option", "width=100"], "divisible by heads 3"),
     "compare-heads": (["--family", "vit", "--model-option", "width=100"], "divisible by heads 3"),
     "table-patch": (["vit", "--model-option", "patch=5"], "patch size 5"),
+    "table-gain": (["vgg19", "--model-option", "classifier_input_gain=0"], "positive number"),
+    "train-gain": (["--model", "vgg19", "--model-option", "classifier_input_gain=-1"], "positive number"),
     "report": (["--bogus"], "--bogus"),
     "run": (["no_such_script.py"], "no_such_script.py"),
 }

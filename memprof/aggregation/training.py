@@ -79,7 +79,7 @@ class TrainingRun:
     @property
     def seed(self) -> int:
         """The command's ``--seed`` (``memprof train``'s default, 0, when it gives none)."""
-        return int(float(self._option("--seed") or 0))
+        return int(float(self._option("--seed") or TRAIN_DEFAULTS["--seed"]))
 
     @property
     def model_options(self) -> list[str]:

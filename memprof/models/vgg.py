@@ -7,16 +7,13 @@ variant in :mod:`memprof.models.irevvgg`) take their stage widths from the same 
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UsageError
 from ..reversible import AdditiveCoupling, ReversibleSequence
+from ..validation import check_vgg_options
 from .registry import register_model
 
 __all__ = [
@@ -136,12 +133,6 @@ def init_classifier_input_gain(features: nn.Module, gain: float = CLASSIFIER_INP
     """Start the weight of the last BatchNorm in ``features`` at ``gain`` instead of 1."""
     last = [m for m in features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)][-1]
     nn.init.constant_(last.weight, gain)
-
-
-def _check_vgg_options(options: Mapping[str, Any]) -> None:
-    gain = options.get("classifier_input_gain", CLASSIFIER_INPUT_GAIN)
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 < gain < math.inf:
-        raise UsageError(f"model option classifier_input_gain of 'vgg19' must be a positive number, got {gain!r}")
 
 
 class VGG(nn.Module):
@@ -331,7 +322,7 @@ def _build_revvgg(cfg: list[int | str], num_classes: int) -> RevVGG:
     "vgg19",
     table_depth=2,
     description="VGG-19 with batch norm for 32x32 inputs (20,565,834 parameters)",
-    check_options=_check_vgg_options,
+    check_options=check_vgg_options,
 )
 def vgg19(num_classes: int = 10, classifier_input_gain: float = CLASSIFIER_INPUT_GAIN) -> VGG:
     """VGG-19 with batch norm for CIFAR-sized (3, 32, 32) inputs.
